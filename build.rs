@@ -1,0 +1,35 @@
+//! Compiles bpf/cgdrop.bpf.c into `$OUT_DIR/cgdrop.skel.rs` with libbpf-cargo.
+use std::{env, path::PathBuf};
+
+use libbpf_cargo::SkeletonBuilder;
+
+const SRC: &str = "bpf/cgdrop.bpf.c";
+
+fn main() {
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("cgdrop.skel.rs");
+    // libbpf-sys (links = "bpf") exports the headers of the libbpf it vendors:
+    // bpf_helpers.h matches the libbpf that loads the object.
+    let libbpf_include = env::var("DEP_BPF_INCLUDE").expect("libbpf-sys exports DEP_BPF_INCLUDE");
+    SkeletonBuilder::new()
+        .source(SRC)
+        // Replaces libbpf-cargo's defaults, so everything is listed; -mcpu is
+        // pinned so the object does not depend on clang's default.
+        .clang_args([
+            "-O2",
+            "-g",
+            "-Wall",
+            "-Werror",
+            "-mcpu=v3",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-Iinclude",
+            &format!("-I{libbpf_include}"),
+        ])
+        .build_and_generate(&out)
+        .expect("compiling bpf/cgdrop.bpf.c (is clang installed? run scripts/deps.sh)");
+    for f in [SRC, "include/cgdrop.h", "include/vmlinux.h"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+}

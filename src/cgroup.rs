@@ -1,0 +1,281 @@
+//! Cgroup v2 discovery and handling: finds the cgroup2 mount in
+//! /proc/self/mountinfo (never hard-coded: `/sys/fs/cgroup` on unified hosts,
+//! `/sys/fs/cgroup/unified` on hybrid ones), resolves `--cgroup` arguments,
+//! checks that the result is a cgroup v2 directory, creates it on request and
+//! removes what it created.
+use std::{
+    fs,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+
+/// Mount points of every cgroup2 filesystem listed in a mountinfo text, in order.
+pub fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            // Fields: id parent major:minor root mount-point options [optional…] - fstype source super-options
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_octal(mount_point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(digits, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first cgroup2 mount of this mount namespace.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    parse_mountinfo(&text).into_iter().next().ok_or_else(|| {
+        anyhow!("no cgroup2 filesystem is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or boot with systemd.unified_cgroup_hierarchy=1")
+    })
+}
+
+/// Turns a `--cgroup` argument into an absolute path: relative paths are taken
+/// from `root` (the cgroup2 mount). `.` components are dropped; `..` is refused
+/// so that a relative path cannot leave the cgroup2 tree.
+pub fn resolve(arg: &Path, root: &Path) -> Result<PathBuf> {
+    if arg.as_os_str().is_empty() {
+        bail!(
+            "empty cgroup path: pass a path relative to {} or an absolute one",
+            root.display()
+        );
+    }
+    let mut out = if arg.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        root.to_path_buf()
+    };
+    for c in arg.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!(
+                    "cgroup path {} contains '..': pass the path without it",
+                    arg.display()
+                )
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An open cgroup v2 directory. Removes the directory on drop if cgdrop created it.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    /// The cgroup id (the directory's inode number on cgroup2), as bpftool shows it.
+    pub id: u64,
+    fd: OwnedFd,
+    created: bool,
+}
+
+impl Cgroup {
+    /// Resolves `arg` (see `resolve`), creates the directory if `create` and it
+    /// is missing, and checks that it is a cgroup v2 directory.
+    pub fn open(arg: &Path, create: bool) -> Result<Self> {
+        let root = cgroup2_root()?;
+        let path = resolve(arg, &root)?;
+        let mut created = false;
+        if !path.exists() {
+            if !create {
+                bail!(
+                    "cgroup {} does not exist: create it (mkdir) or pass --create",
+                    path.display()
+                );
+            }
+            check_cgroup2(path.parent().unwrap_or(&root), &root)
+                .with_context(|| format!("cannot create cgroup {}", path.display()))?;
+            fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+            created = true;
+        }
+        let opened = check_cgroup2(&path, &root).and_then(|()| {
+            let fd = OwnedFd::from(
+                fs::File::open(&path)
+                    .with_context(|| format!("opening cgroup {}", path.display()))?,
+            );
+            let id = fs::metadata(&path)
+                .with_context(|| format!("reading cgroup {}", path.display()))?
+                .ino();
+            Ok((fd, id))
+        });
+        match opened {
+            Ok((fd, id)) => Ok(Self {
+                path,
+                id,
+                fd,
+                created,
+            }),
+            Err(e) => {
+                if created {
+                    // Leave the system as it was; the original error is what matters.
+                    let _ = fs::remove_dir(&path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `cgroup.procs`: writing a pid (or "0" for the writer) moves that process in.
+    pub fn procs_path(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Whether the cgroup directory still exists (it can be removed while attached).
+    pub fn exists(&self) -> bool {
+        self.path.join("cgroup.procs").exists()
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for Cgroup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = fs::remove_dir(&self.path) {
+                eprintln!(
+                    "cgdrop: leaving cgroup {} in place: {e} (processes still in it?)",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Fails with an explanation unless `path` is a directory of a cgroup2 filesystem.
+fn check_cgroup2(path: &Path, root: &Path) -> Result<()> {
+    let fs = statfs(path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    let magic = fs.filesystem_type();
+    if magic == CGROUP_SUPER_MAGIC {
+        bail!(
+            "{} is a cgroup v1 directory: cgdrop needs cgroup v2; use a path under {} (the cgroup2 mount)",
+            path.display(),
+            root.display()
+        );
+    }
+    if magic != CGROUP2_SUPER_MAGIC {
+        bail!(
+            "{} is not a cgroup v2 directory: use a path under {} (the cgroup2 mount) or one relative to it",
+            path.display(),
+            root.display()
+        );
+    }
+    if !path.is_dir() {
+        bail!(
+            "{} is a cgroup file, not a cgroup directory: pass the directory that holds it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const UNIFIED: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+31 24 0:27 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:5 - bpf bpf rw,mode=700
+";
+
+    #[test]
+    fn mountinfo_hybrid() {
+        assert_eq!(
+            parse_mountinfo(HYBRID),
+            vec![PathBuf::from("/sys/fs/cgroup/unified")]
+        );
+    }
+
+    #[test]
+    fn mountinfo_unified_with_optional_fields() {
+        assert_eq!(
+            parse_mountinfo(UNIFIED),
+            vec![PathBuf::from("/sys/fs/cgroup")]
+        );
+    }
+
+    #[test]
+    fn mountinfo_without_cgroup2() {
+        assert!(
+            parse_mountinfo("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n")
+                .is_empty()
+        );
+        assert!(parse_mountinfo("").is_empty());
+        assert!(parse_mountinfo("garbage line\n").is_empty());
+    }
+
+    #[test]
+    fn mountinfo_escaped_mount_point() {
+        let text = "41 31 0:38 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(text),
+            vec![PathBuf::from("/mnt/my cgroups")]
+        );
+    }
+
+    #[test]
+    fn resolve_relative_and_absolute() {
+        let root = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(
+            resolve(Path::new("myapp"), root).unwrap(),
+            root.join("myapp")
+        );
+        assert_eq!(
+            resolve(Path::new("./a/./b/"), root).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            resolve(Path::new("/sys/fs/cgroup/unified/x"), root).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified/x")
+        );
+    }
+
+    #[test]
+    fn resolve_refuses_parent_and_empty() {
+        let root = Path::new("/sys/fs/cgroup");
+        let err = resolve(Path::new("../etc"), root).unwrap_err();
+        assert!(err.to_string().contains("'..'"), "{err}");
+        assert!(resolve(Path::new("/sys/fs/cgroup/a/../../b"), root).is_err());
+        assert!(resolve(Path::new(""), root).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The command line, as clap types only. `--help` comes from these doc
+//! comments; validation beyond what clap checks happens in `policy` and `cgroup`.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{error::ErrorKind, ArgGroup, Args, Parser};
+
+/// Drop the network traffic of every process of one cgroup v2, with eBPF.
+///
+/// cgdrop attaches BPF programs to the cgroup and keeps them attached until it
+/// exits (Ctrl-C, SIGTERM, or when the --run command exits), then prints what
+/// it counted. Programs apply to the cgroup's descendants too. Sockets keep the
+/// cgroup they were created in: a process moved into the cgroup keeps its old
+/// sockets unfiltered.
+#[derive(Debug, Parser)]
+#[command(name = "cgdrop", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// The cgroup: an absolute path inside a cgroup2 mount, or a path relative
+    /// to the cgroup2 root (for example `myapp` or `system.slice/foo.service`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+
+    /// Create the cgroup if it does not exist (and remove it on exit).
+    #[arg(long)]
+    pub create: bool,
+
+    /// Run CMD with `sh -c` inside the cgroup; detach when it exits and exit
+    /// with its status.
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
+
+    /// Print the counters every SECS seconds while attached.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: Option<u64>,
+
+    /// Print the summary as one JSON object on stdout instead of a table on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show libbpf's log, including the verifier's, on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// What to drop: directions, interface, port.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("direction").args(["ingress", "egress", "both"])))]
+pub struct PolicyArgs {
+    /// Drop packets arriving at the cgroup's sockets only.
+    #[arg(long)]
+    pub ingress: bool,
+
+    /// Drop packets sent by the cgroup's sockets only.
+    #[arg(long)]
+    pub egress: bool,
+
+    /// Drop both directions (the default).
+    #[arg(long)]
+    pub both: bool,
+
+    /// Only drop packets on this interface (for example `lo` or `eth0`).
+    /// connect() cannot know the outgoing interface, so with --iface it is never
+    /// rejected at once: blocked TCP connections hang until they time out.
+    #[arg(long, value_name = "NAME")]
+    pub iface: Option<String>,
+
+    /// Only drop TCP and UDP packets whose source or destination port is N
+    /// (1-65535). Packets without ports (ICMP, fragments) are then not dropped.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+}
+
+/// Reports a clap error as cgdrop reports every error: one line on stderr,
+/// exit status 2. `--help` and `--version` print as usual and exit 0.
+pub fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        // Printing help can only fail if stdout is closed; nothing to report then.
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("cgdrop: {msg} (see 'cgdrop --help')");
+    ExitCode::from(2)
+}

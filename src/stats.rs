@@ -1,0 +1,222 @@
+//! Counters: reads the per-CPU `stats` map, sums the CPUs, and presents the
+//! result as the summary table (stderr), the interval line, or JSON (stdout).
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{MapCore, MapFlags};
+use serde::Serialize;
+
+use crate::skel::types::{cgdrop_counters, cgdrop_stat_slot};
+
+// SAFETY: cgdrop_counters is four u64 generated from BTF: no padding, and every
+// bit pattern is a valid value.
+unsafe impl plain::Plain for cgdrop_counters {}
+
+/// Packets and bytes one skb hook saw and dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+/// Calls one sock_addr hook saw (connect or sendmsg, both families) and rejected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Calls {
+    pub attempts: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub ingress: Traffic,
+    pub egress: Traffic,
+    pub connect: Calls,
+    pub sendmsg: Calls,
+}
+
+/// The JSON object of the foreground summary (DESIGN.md, "JSON summary").
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    pub cgroup: &'a str,
+    pub cgroup_id: u64,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// Sums the per-CPU values of one slot, as `lookup_percpu` returns them.
+pub fn sum_percpu(values: &[Vec<u8>]) -> Result<cgdrop_counters> {
+    let mut sum = cgdrop_counters::default();
+    for (cpu, raw) in values.iter().enumerate() {
+        let mut c = cgdrop_counters::default();
+        if plain::copy_from_bytes(&mut c, raw).is_err() {
+            bail!(
+                "stats value of CPU {cpu} is {} bytes, expected {}",
+                raw.len(),
+                size_of::<cgdrop_counters>()
+            );
+        }
+        sum.packets += c.packets;
+        sum.bytes += c.bytes;
+        sum.dropped_packets += c.dropped_packets;
+        sum.dropped_bytes += c.dropped_bytes;
+    }
+    Ok(sum)
+}
+
+fn read_slot(map: &impl MapCore, slot: cgdrop_stat_slot) -> Result<cgdrop_counters> {
+    let values = map
+        .lookup_percpu(&slot.0.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("reading stats slot {}", slot.0))?
+        .with_context(|| format!("stats slot {} missing", slot.0))?;
+    sum_percpu(&values)
+}
+
+fn traffic(c: cgdrop_counters) -> Traffic {
+    Traffic {
+        packets: c.packets,
+        bytes: c.bytes,
+        dropped_packets: c.dropped_packets,
+        dropped_bytes: c.dropped_bytes,
+    }
+}
+
+fn calls(a: cgdrop_counters, b: cgdrop_counters) -> Calls {
+    Calls {
+        attempts: a.packets + b.packets,
+        rejected: a.dropped_packets + b.dropped_packets,
+    }
+}
+
+/// Reads every slot of the `stats` map.
+pub fn read(map: &impl MapCore) -> Result<Stats> {
+    let slot = |s| read_slot(map, s);
+    Ok(Stats {
+        ingress: traffic(slot(cgdrop_stat_slot::CGDROP_STAT_INGRESS)?),
+        egress: traffic(slot(cgdrop_stat_slot::CGDROP_STAT_EGRESS)?),
+        connect: calls(
+            slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT4)?,
+            slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT6)?,
+        ),
+        sendmsg: calls(
+            slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG4)?,
+            slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG6)?,
+        ),
+    })
+}
+
+impl Stats {
+    /// The multi-line summary table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<9} {:>12} {:>14} {:>12} {:>14}\n",
+            "", "packets", "bytes", "dropped", "dropped bytes"
+        );
+        for (name, t) in [("ingress", &self.ingress), ("egress", &self.egress)] {
+            out += &format!(
+                "{name:<9} {:>12} {:>14} {:>12} {:>14}\n",
+                t.packets, t.bytes, t.dropped_packets, t.dropped_bytes
+            );
+        }
+        out += &format!(
+            "{:<9} {:>12} attempts, {} rejected with EPERM\n",
+            "connect", self.connect.attempts, self.connect.rejected
+        );
+        out
+    }
+
+    /// One line for the `--interval` report.
+    pub fn line(&self) -> String {
+        format!(
+            "ingress {}/{} pkts dropped, egress {}/{} pkts dropped, connect {}/{} rejected",
+            self.ingress.dropped_packets,
+            self.ingress.packets,
+            self.egress.dropped_packets,
+            self.egress.packets,
+            self.connect.rejected,
+            self.connect.attempts
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(p: u64, b: u64, dp: u64, db: u64) -> Vec<u8> {
+        [p, b, dp, db]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn sums_every_cpu() {
+        let sum = sum_percpu(&[
+            raw(1, 100, 1, 100),
+            raw(2, 50, 0, 0),
+            raw(0, 0, 0, 0),
+            raw(7, 1, 3, 1),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                sum.packets,
+                sum.bytes,
+                sum.dropped_packets,
+                sum.dropped_bytes
+            ),
+            (10, 151, 4, 101)
+        );
+    }
+
+    #[test]
+    fn no_cpus_is_zero() {
+        let sum = sum_percpu(&[]).unwrap();
+        assert_eq!(
+            (
+                sum.packets,
+                sum.bytes,
+                sum.dropped_packets,
+                sum.dropped_bytes
+            ),
+            (0, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn short_value_is_an_error() {
+        let err = sum_percpu(&[vec![0u8; 8]]).unwrap_err();
+        assert!(err.to_string().contains("8 bytes"), "{err}");
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let s = Stats {
+            ingress: Traffic {
+                packets: 1,
+                bytes: 2,
+                dropped_packets: 3,
+                dropped_bytes: 4,
+            },
+            connect: Calls {
+                attempts: 5,
+                rejected: 6,
+            },
+            ..Stats::default()
+        };
+        let json = serde_json::to_value(Summary {
+            cgroup: "/sys/fs/cgroup/x",
+            cgroup_id: 42,
+            stats: s,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"cgroup": "/sys/fs/cgroup/x", "cgroup_id": 42,
+                "ingress": {"packets": 1, "bytes": 2, "dropped_packets": 3, "dropped_bytes": 4},
+                "egress": {"packets": 0, "bytes": 0, "dropped_packets": 0, "dropped_bytes": 0},
+                "connect": {"attempts": 5, "rejected": 6},
+                "sendmsg": {"attempts": 0, "rejected": 0}})
+        );
+    }
+}
