@@ -6,8 +6,9 @@ set -euo pipefail
 
 # clang/llvm: compile bpf/cgdrop.bpf.c; libelf-dev, zlib1g-dev, pkg-config, gcc,
 # make: build libbpf-sys's vendored libbpf; bpftool: gen-vmlinux.sh and tests
-# (`bpftool cgroup show`); iproute2: veth/netns tests; curl: the README example.
-packages=(clang llvm gcc make pkg-config libelf-dev zlib1g-dev bpftool iproute2 curl)
+# (`bpftool cgroup show`); iproute2: veth/netns tests; curl: the README example;
+# python3: tests/netprobe.py, the tests' traffic generator; util-linux: setpriv.
+packages=(clang llvm gcc make pkg-config libelf-dev zlib1g-dev bpftool iproute2 curl python3 util-linux)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -95,24 +95,58 @@ pub struct Cgroup {
     created: bool,
 }
 
+/// A `--cgroup` argument resolved and checked, before anything is created.
+#[derive(Debug)]
+pub struct Location {
+    path: PathBuf,
+    root: PathBuf,
+    /// The directory does not exist yet and will be created by `open`.
+    create: bool,
+}
+
+/// Resolves `arg` (see `resolve`) and checks it without changing anything:
+/// an existing path must be a cgroup v2 directory; a missing one is an error
+/// unless `create`, and then its parent must be a cgroup v2 directory.
+pub fn locate(arg: &Path, create: bool) -> Result<Location> {
+    let root = cgroup2_root()?;
+    let path = resolve(arg, &root)?;
+    if path.exists() {
+        check_cgroup2(&path, &root)?;
+        return Ok(Location {
+            path,
+            root,
+            create: false,
+        });
+    }
+    if !create {
+        bail!(
+            "cgroup {} does not exist: create it (mkdir) or pass --create",
+            path.display()
+        );
+    }
+    let parent = path.parent().unwrap_or(&root);
+    if !parent.exists() {
+        bail!(
+            "cannot create cgroup {}: its parent {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    check_cgroup2(parent, &root)
+        .with_context(|| format!("cannot create cgroup {}", path.display()))?;
+    Ok(Location {
+        path,
+        root,
+        create: true,
+    })
+}
+
 impl Cgroup {
-    /// Resolves `arg` (see `resolve`), creates the directory if `create` and it
-    /// is missing, and checks that it is a cgroup v2 directory.
-    pub fn open(arg: &Path, create: bool) -> Result<Self> {
-        let root = cgroup2_root()?;
-        let path = resolve(arg, &root)?;
-        let mut created = false;
-        if !path.exists() {
-            if !create {
-                bail!(
-                    "cgroup {} does not exist: create it (mkdir) or pass --create",
-                    path.display()
-                );
-            }
-            check_cgroup2(path.parent().unwrap_or(&root), &root)
-                .with_context(|| format!("cannot create cgroup {}", path.display()))?;
+    /// Creates the cgroup if `locate` found it missing, then opens it.
+    pub fn open(location: Location) -> Result<Self> {
+        let Location { path, root, create } = location;
+        if create {
             fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-            created = true;
         }
         let opened = check_cgroup2(&path, &root).and_then(|()| {
             let fd = OwnedFd::from(
@@ -129,10 +163,10 @@ impl Cgroup {
                 path,
                 id,
                 fd,
-                created,
+                created: create,
             }),
             Err(e) => {
-                if created {
+                if create {
                     // Leave the system as it was; the original error is what matters.
                     let _ = fs::remove_dir(&path);
                 }

@@ -15,7 +15,13 @@ use anyhow::{Context, Result};
 use libbpf_rs::OpenObject;
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use crate::{cgroup::Cgroup, cli::Cli, loader, policy::Policy, privileges, stats};
+use crate::{
+    cgroup::{self, Cgroup},
+    cli::Cli,
+    loader,
+    policy::Policy,
+    privileges, stats,
+};
 
 enum Event {
     /// SIGINT, SIGTERM or SIGHUP reached cgdrop.
@@ -30,9 +36,10 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Runs foreground mode; returns the exit status (the --run command's, or 0).
 pub fn run(cli: &Cli) -> Result<u8> {
     let policy = Policy::from_args(&cli.policy)?;
+    let location = cgroup::locate(&cli.cgroup, cli.create)?;
     privileges::check()?;
     loader::set_verbose(cli.verbose);
-    let cgroup = Cgroup::open(&cli.cgroup, cli.create)?;
+    let cgroup = Cgroup::open(location)?;
 
     let (tx, rx) = mpsc::channel();
     let signal_tx = tx.clone();

@@ -1,0 +1,310 @@
+//! Fixtures for the root tests: a test cgroup that cleans itself up, the
+//! netprobe traffic generator spawned inside or outside it, and cgdrop itself
+//! run in the background. Everything is named `cgdrop-test-…` and removed on
+//! drop, so a failing (panicking) test leaves nothing behind.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const CGDROP: &str = env!("CARGO_BIN_EXE_cgdrop");
+
+/// True (after printing "skipped: needs root") when the test cannot run.
+pub fn skip_unless_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root");
+    true
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    cgdrop::cgroup::cgroup2_root().expect("a cgroup2 mount")
+}
+
+/// A fresh cgroup `cgdrop-test-<name>-<pid>` under the cgroup2 root. On drop,
+/// the processes the test put in it are killed and the directory removed.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let name = format!("cgdrop-test-{name}-{}", std::process::id());
+        let path = cgroup2_root().join(&name);
+        if path.exists() {
+            remove_cgroup(&path);
+        }
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path, name }
+    }
+
+    /// The pids currently in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        remove_cgroup(&self.path);
+    }
+}
+
+/// Kills what is in a test cgroup (only the tests' own children can be there)
+/// and removes it, retrying while the processes exit.
+pub fn remove_cgroup(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while path.exists() && Instant::now() < deadline {
+        for pid in fs::read_to_string(path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Ok(pid) = pid.trim().parse() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if fs::remove_dir(path).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes `cmd` move itself into `cgroup` between fork and exec.
+pub fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .expect("open cgroup.procs");
+    // SAFETY: only write(2) on an fd kept open by the closure (it owns `procs`).
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// tests/netprobe.py running as a child, read line by line (one JSON object each).
+pub struct Probe {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Probe {
+    /// Starts netprobe with `args`, inside `cgroup` if given.
+    pub fn start(cgroup: Option<&TestCgroup>, args: &[&str]) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netprobe.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        if let Some(cg) = cgroup {
+            in_cgroup(&mut cmd, &cg.path);
+        }
+        let mut child = cmd.spawn().expect("spawn python3 tests/netprobe.py");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines: rx }
+    }
+
+    /// The next JSON line, waiting at most `secs`.
+    pub fn next(&mut self, secs: u64) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(secs))
+            .unwrap_or_else(|e| panic!("netprobe printed nothing within {secs}s: {e}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("netprobe printed {line:?}: {e}"))
+    }
+
+    /// Runs netprobe to completion and returns its last JSON line.
+    pub fn run(cgroup: Option<&TestCgroup>, args: &[&str]) -> Value {
+        let p = Self::start(cgroup, args);
+        let mut last = None;
+        while let Ok(line) = p.lines.recv_timeout(Duration::from_secs(30)) {
+            last = Some(line);
+        }
+        let line = last.unwrap_or_else(|| panic!("netprobe {args:?} printed nothing"));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Starts a listener (udp-recv/tcp-serve) on an ephemeral port; returns it and the port.
+    pub fn listen(
+        cgroup: Option<&TestCgroup>,
+        kind: &str,
+        addr: &str,
+        secs: &str,
+    ) -> (Self, String) {
+        let mut p = Self::start(cgroup, &[kind, addr, "0", secs]);
+        let port = p.next(10)["port"]
+            .as_u64()
+            .expect("listener port")
+            .to_string();
+        (p, port)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// cgdrop running in the background, started and waited on by pid.
+pub struct Cgdrop {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    pub stderr: String,
+}
+
+impl Cgdrop {
+    /// Starts cgdrop and waits until it says it is attached (panics otherwise).
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(CGDROP)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cgdrop");
+        let stderr_lines = lines_of(child.stderr.take().expect("piped stderr"));
+        let mut me = Self {
+            child,
+            stderr_lines,
+            stderr: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !me.stderr.contains("attached to cgroup") {
+            match me
+                .stderr_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => me.stderr += &(line + "\n"),
+                Err(_) => panic!("cgdrop {args:?} did not attach; stderr: {}", me.stderr),
+            }
+        }
+        me
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal cgdrop");
+    }
+
+    /// Waits for exit (at most 10 s); returns status, stdout and all of stderr.
+    pub fn wait(mut self) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait cgdrop") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "cgdrop did not exit within 10 s");
+            thread::sleep(Duration::from_millis(10));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            self.stderr += &(line + "\n");
+        }
+        (status, stdout, std::mem::take(&mut self.stderr))
+    }
+}
+
+impl Drop for Cgdrop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines_of(stderr: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Names of the cgdrop programs `bpftool cgroup show` lists on `path`.
+pub fn attached_cgdrop_progs(path: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .arg("cgroup")
+        .arg("show")
+        .arg(path)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| name.starts_with("cgdrop_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits up to 3 s for no cgdrop program to be attached to `path`.
+pub fn assert_detached(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let progs = attached_cgdrop_progs(path);
+        if progs.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still attached to {}: {progs:?}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses the JSON summary cgdrop printed on stdout.
+pub fn summary(stdout: &str) -> Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary {stdout:?}: {e}"))
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Traffic for cgdrop's end-to-end tests: sends and receives real packets on
+loopback and reports, as one JSON line on stdout, what actually happened.
+
+  udp-recv ADDR PORT SECS          bind, print {"port": P}, count datagrams for SECS
+  udp-send ADDR PORT COUNT SIZE    send COUNT datagrams of SIZE bytes
+  tcp-serve ADDR PORT SECS         listen, print {"port": P}, accept for SECS
+  tcp-connect ADDR PORT SECS       one connect() with a timeout, and its time
+
+The test process spawns this script (inside or outside a test cgroup) and reads
+its output; it never joins a test cgroup itself.
+"""
+import errno
+import json
+import socket
+import sys
+import time
+
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def say(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def udp_recv(addr, port, secs):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    s.bind((addr, int(port)))
+    say({"port": s.getsockname()[1]})
+    deadline = time.monotonic() + float(secs)
+    count = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            s.recv(65535)
+            count += 1
+        except socket.timeout:
+            break
+    say({"received": count})
+
+
+def udp_send(addr, port, count, size):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    payload = b"x" * int(size)
+    sent, errors = 0, {}
+    for _ in range(int(count)):
+        try:
+            s.sendto(payload, (addr, int(port)))
+            sent += 1
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            errors[name] = errors.get(name, 0) + 1
+        time.sleep(0.001)
+    say({"sent": sent, "errors": errors})
+
+
+def tcp_serve(addr, port, secs):
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(16)
+    say({"port": s.getsockname()[1]})
+    deadline = time.monotonic() + float(secs)
+    accepted = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            conn, _ = s.accept()
+            accepted += 1
+            conn.close()
+        except socket.timeout:
+            break
+    say({"accepted": accepted})
+
+
+def tcp_connect(addr, port, secs):
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    s.settimeout(float(secs))
+    start = time.monotonic()
+    try:
+        s.connect((addr, int(port)))
+        result = "ok"
+    except socket.timeout:
+        result = "timeout"
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, str(e.errno))
+    ms = (time.monotonic() - start) * 1000
+    say({"result": result, "ms": round(ms, 3)})
+
+
+COMMANDS = {"udp-recv": udp_recv, "udp-send": udp_send, "tcp-serve": tcp_serve, "tcp-connect": tcp_connect}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(__doc__)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
