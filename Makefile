@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps test vmlinux fmt lint clean
+.PHONY: all build deps test demo vmlinux fmt lint clean
 
 all: build
 
@@ -16,6 +16,10 @@ build: deps
 test: deps
 	$(CARGO) build --locked
 	$(CARGO) test --locked -- --test-threads=$$(nproc)
+
+# The README's example: a local server, a request blocked by cgdrop (root).
+demo: build
+	scripts/demo.sh
 
 # Regenerates include/vmlinux.h from this kernel's BTF.
 vmlinux:

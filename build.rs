@@ -1,4 +1,5 @@
-//! Compiles bpf/cgdrop.bpf.c into `$OUT_DIR/cgdrop.skel.rs` with libbpf-cargo.
+//! Compiles bpf/cgdrop.bpf.c into `$OUT_DIR/cgdrop.skel.rs` (and the object
+//! `$OUT_DIR/cgdrop.bpf.o`) with libbpf-cargo.
 use std::{env, path::PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
@@ -6,13 +7,15 @@ use libbpf_cargo::SkeletonBuilder;
 const SRC: &str = "bpf/cgdrop.bpf.c";
 
 fn main() {
-    let out =
-        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("cgdrop.skel.rs");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // libbpf-sys (links = "bpf") exports the headers of the libbpf it vendors:
     // bpf_helpers.h matches the libbpf that loads the object.
     let libbpf_include = env::var("DEP_BPF_INCLUDE").expect("libbpf-sys exports DEP_BPF_INCLUDE");
     SkeletonBuilder::new()
         .source(SRC)
+        // Kept beside the skeleton for tools that load the object themselves
+        // (bpftool in the tests).
+        .obj(out_dir.join("cgdrop.bpf.o"))
         // Replaces libbpf-cargo's defaults, so everything is listed; -mcpu is
         // pinned so the object does not depend on clang's default.
         .clang_args([
@@ -27,7 +30,7 @@ fn main() {
             "-Iinclude",
             &format!("-I{libbpf_include}"),
         ])
-        .build_and_generate(&out)
+        .build_and_generate(out_dir.join("cgdrop.skel.rs"))
         .expect("compiling bpf/cgdrop.bpf.c (is clang installed? run scripts/deps.sh)");
     for f in [SRC, "include/cgdrop.h", "include/vmlinux.h"] {
         println!("cargo:rerun-if-changed={f}");

@@ -83,9 +83,16 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
+    // clap's message is its first paragraph (a list of missing arguments
+    // continues on indented lines); the usage and tips after it are dropped.
     let rendered = err.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let msg = paragraph.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
     eprintln!("cgdrop: {msg} (see 'cgdrop --help')");
     ExitCode::from(2)
 }

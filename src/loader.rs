@@ -2,9 +2,9 @@
 //! programs (keeping libbpf's log for --verbose) and attaches them to a cgroup
 //! with bpf_link. The returned links keep the programs attached: dropping them
 //! (or the process exiting, however it exits) detaches.
-use std::{mem::MaybeUninit, sync::Mutex};
+use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
     ErrorKind, Link, OpenObject, PrintLevel,
@@ -16,29 +16,16 @@ use crate::{
     skel::{types::cgdrop_direction, CgdropSkel, CgdropSkelBuilder},
 };
 
-/// libbpf's messages of this run, kept so that a failure can point at them.
-static LOG: Mutex<String> = Mutex::new(String::new());
-
 fn print_live(_level: PrintLevel, msg: String) {
     eprint!("{msg}");
 }
 
-fn keep_quietly(level: PrintLevel, msg: String) {
-    if level != PrintLevel::Debug {
-        if let Ok(mut log) = LOG.lock() {
-            log.push_str(&msg);
-        }
-    }
-}
-
-/// Sends libbpf's log (including the verifier's) to stderr when `verbose`,
-/// otherwise keeps it quiet.
+/// Sends libbpf's log (including the verifier's) to stderr when `verbose`;
+/// otherwise silences it, so that errors stay one line (they say to use --verbose).
 pub fn set_verbose(verbose: bool) {
-    if verbose {
-        libbpf_rs::set_print(Some((PrintLevel::Debug, print_live)));
-    } else {
-        libbpf_rs::set_print(Some((PrintLevel::Warn, keep_quietly)));
-    }
+    libbpf_rs::set_print(
+        verbose.then_some((PrintLevel::Debug, print_live as libbpf_rs::PrintCallback)),
+    );
 }
 
 /// Opens the BPF object, configures it for `policy` through rodata and loads it.
@@ -91,15 +78,17 @@ pub fn attach(skel: &CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy) -> Result
         .into_iter()
         .map(|(name, prog)| {
             prog.attach_cgroup(cgroup.raw_fd()).map_err(|e| {
-                let hint = if e.kind() == ErrorKind::PermissionDenied {
-                    format!(
-                        ": another program is attached to this cgroup without BPF_F_ALLOW_MULTI and blocks others; see `bpftool cgroup show {}`",
+                let what = format!("attaching {name} to cgroup {}", cgroup.path.display());
+                if e.kind() == ErrorKind::PermissionDenied {
+                    // Privileges were checked up front: EPERM from link creation
+                    // means an exclusive (non-multi) attachment is in the way.
+                    anyhow!(
+                        "{what}: operation not permitted: another program is attached to this cgroup without BPF_F_ALLOW_MULTI; detach it (see `bpftool cgroup show {}`)",
                         cgroup.path.display()
                     )
                 } else {
-                    String::new()
-                };
-                anyhow::Error::new(e).context(format!("attaching {name} to cgroup {}{hint}", cgroup.path.display()))
+                    anyhow::Error::new(e).context(what)
+                }
             })
         })
         .collect()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's first example, end to end on loopback (run as root, by `make demo`):
+# a local HTTP server, a request that succeeds, the same request from a cgroup
+# under cgdrop failing at once, and cgdrop's counters. Cleans up after itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${CGDROP:-./target/release/cgdrop}
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+dir=$(mktemp -d)
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$dir" >/dev/null 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+
+echo "== without cgdrop: curl http://127.0.0.1:$port/"
+curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total}s\n' "http://127.0.0.1:$port/"
+
+echo "== with cgdrop: the same request from a fresh cgroup"
+set +e
+"$bin" --cgroup cgdrop-demo --create --run "curl -sS -o /dev/null -m 5 -w 'HTTP %{http_code} in %{time_total}s\n' http://127.0.0.1:$port/"
+status=$?
+set -e
+echo "== curl exited with $status (7: could not connect), at once rather than after a time-out"
+[ "$status" -eq 7 ]

@@ -1,0 +1,298 @@
+//! CLI tests of the built binary: `--help`, and every bad input with its exit
+//! status and one-line message. None of them may leave anything behind.
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use common::{attached_cgdrop_progs, cgroup2_root, skip_unless_root, TestCgroup, CGDROP};
+
+fn cgdrop(args: &[&str]) -> Output {
+    Command::new(CGDROP)
+        .args(args)
+        .output()
+        .expect("run cgdrop")
+}
+
+/// Asserts exit status `code` and a single stderr line `cgdrop: …` containing every `needles`.
+fn assert_error(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr:?}");
+    assert!(stderr.starts_with("cgdrop: "), "{stderr:?}");
+    for n in needles {
+        assert!(stderr.contains(n), "{n:?} not in {stderr:?}");
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A cgroup v1 directory of this host, if it has any (hybrid hosts do).
+fn cgroup_v1_dir() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup")
+            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+    })
+}
+
+#[test]
+fn help_lists_the_options() {
+    let out = cgdrop(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--cgroup",
+        "--ingress",
+        "--egress",
+        "--both",
+        "--iface",
+        "--port",
+        "--create",
+        "--run",
+        "--interval",
+        "--json",
+        "--verbose",
+    ] {
+        assert!(help.contains(opt), "{opt} missing from --help");
+    }
+    assert!(
+        help.contains("never rejected at once"),
+        "--iface caveat missing from --help"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    assert_error(&cgdrop(&[]), 2, &["--cgroup"]);
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--port", "0"]),
+        2,
+        &["'0'", "--port"],
+    );
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--port", "65536"]),
+        2,
+        &["'65536'", "--port"],
+    );
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--port", "http"]),
+        2,
+        &["'http'", "--port"],
+    );
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--ingress", "--egress"]),
+        2,
+        &["cannot be used with"],
+    );
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--interval", "0"]),
+        2,
+        &["--interval"],
+    );
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--frobnicate"]),
+        2,
+        &["--frobnicate"],
+    );
+}
+
+#[test]
+fn unknown_interface() {
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--iface", "cgdrop-nosuch0"]),
+        1,
+        &["unknown interface 'cgdrop-nosuch0'", "ip link"],
+    );
+}
+
+#[test]
+fn missing_cgroup_without_create() {
+    let name = format!("cgdrop-test-missing-{}", std::process::id());
+    assert_error(
+        &cgdrop(&["--cgroup", &name]),
+        1,
+        &["does not exist", "--create"],
+    );
+    assert!(!cgroup2_root().join(&name).exists(), "nothing created");
+    let abs = cgroup2_root().join(&name);
+    assert_error(
+        &cgdrop(&["--cgroup", abs.to_str().unwrap()]),
+        1,
+        &["does not exist"],
+    );
+    // --create needs an existing parent.
+    let nested = format!("{name}/child");
+    assert_error(
+        &cgdrop(&["--cgroup", &nested, "--create"]),
+        1,
+        &["parent", "does not exist"],
+    );
+    assert!(!cgroup2_root().join(&name).exists(), "nothing created");
+}
+
+#[test]
+fn cgroup_v1_directory() {
+    let Some(v1) = cgroup_v1_dir() else {
+        eprintln!("skipped: this host has no cgroup v1 hierarchy");
+        return;
+    };
+    assert_error(
+        &cgdrop(&["--cgroup", v1.to_str().unwrap()]),
+        1,
+        &["cgroup v1", "cgroup2 mount"],
+    );
+}
+
+#[test]
+fn path_that_is_not_a_cgroup() {
+    let dir = std::env::temp_dir();
+    assert_error(
+        &cgdrop(&["--cgroup", dir.to_str().unwrap()]),
+        1,
+        &["is not a cgroup v2 directory", "cgroup2 mount"],
+    );
+    let procs = cgroup2_root().join("cgroup.procs");
+    assert_error(
+        &cgdrop(&["--cgroup", procs.to_str().unwrap()]),
+        1,
+        &["cgroup file, not a cgroup directory"],
+    );
+    assert_error(&cgdrop(&["--cgroup", "../../etc"]), 1, &["'..'"]);
+    // --create under something that is not cgroup2 creates nothing.
+    let under_tmp = dir.join(format!("cgdrop-test-notcg-{}", std::process::id()));
+    assert_error(
+        &cgdrop(&["--cgroup", under_tmp.to_str().unwrap(), "--create"]),
+        1,
+        &["cannot create cgroup", "not a cgroup v2 directory"],
+    );
+    assert!(!under_tmp.exists());
+}
+
+/// Runs cgdrop without any capability: as root, through setpriv with an empty
+/// bounding set (the root tests run as root in CI); otherwise as we are.
+fn unprivileged(args: &[&str]) -> Output {
+    if nix::unistd::geteuid().is_root() {
+        Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--", CGDROP])
+            .args(args)
+            .output()
+            .expect("run setpriv (util-linux)")
+    } else {
+        cgdrop(args)
+    }
+}
+
+#[test]
+fn missing_privileges() {
+    let cg = if nix::unistd::geteuid().is_root() {
+        Some(TestCgroup::new("noprivs"))
+    } else {
+        None
+    };
+    let path = cg.as_ref().map_or_else(cgroup2_root, |c| c.path.clone());
+    let out = unprivileged(&["--cgroup", path.to_str().unwrap()]);
+    assert_error(&out, 1, &["missing privileges", "CAP_BPF", "root"]);
+    if cg.is_some() {
+        assert!(attached_cgdrop_progs(&path).is_empty());
+    }
+}
+
+#[test]
+fn non_multi_program_blocks_attach() {
+    if skip_unless_root() {
+        return;
+    }
+    // A program attached without BPF_F_ALLOW_MULTI (bpftool's default) makes
+    // link creation fail with EPERM; cgdrop must say why and leave nothing.
+    let cg = TestCgroup::new("exclusive");
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/cgdrop-test-exclusive-{}",
+        std::process::id()
+    ));
+    let _unpin = PinGuard(pin.clone());
+    let obj = find_object();
+    let load = Command::new("bpftool")
+        .args(["prog", "load"])
+        .arg(&obj)
+        .arg(&pin)
+        .args(["type", "cgroup/skb"])
+        .output()
+        .unwrap();
+    assert!(
+        load.status.success(),
+        "bpftool prog load: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let attach = Command::new("bpftool")
+        .args(["cgroup", "attach"])
+        .arg(&cg.path)
+        .args(["egress", "pinned"])
+        .arg(&pin)
+        .output()
+        .unwrap();
+    assert!(
+        attach.status.success(),
+        "bpftool cgroup attach: {}",
+        String::from_utf8_lossy(&attach.stderr)
+    );
+
+    // bpftool attached a program of cgdrop's own object: it is the only one.
+    let before = attached_cgdrop_progs(&cg.path);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    let out = cgdrop(&["--cgroup", cg.path.to_str().unwrap(), "--egress"]);
+    assert_error(
+        &out,
+        1,
+        &[
+            "attaching cgdrop_egress",
+            "BPF_F_ALLOW_MULTI",
+            "bpftool cgroup show",
+        ],
+    );
+    assert_eq!(
+        attached_cgdrop_progs(&cg.path),
+        before,
+        "cgdrop left programs attached"
+    );
+    let _ = Command::new("bpftool")
+        .args(["cgroup", "detach"])
+        .arg(&cg.path)
+        .args(["egress", "pinned"])
+        .arg(&pin)
+        .status();
+}
+
+/// The compiled BPF object libbpf-cargo left in the build directory: any
+/// cgroup_skb program will do for bpftool to attach exclusively.
+fn find_object() -> PathBuf {
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let mut stack = vec![build];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "cgdrop.bpf.o") {
+                return p;
+            }
+        }
+    }
+    panic!("no cgdrop.bpf.o under target/");
+}
+
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
