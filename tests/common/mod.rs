@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, ExitStatus, Stdio},
@@ -20,11 +20,20 @@ use serde_json::Value;
 pub const CGDROP: &str = env!("CARGO_BIN_EXE_cgdrop");
 
 /// True (after printing "skipped: needs root") when the test cannot run.
+#[track_caller]
 pub fn skip_unless_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return false;
     }
-    eprintln!("skipped: needs root");
+    // Written to the real stderr, not through eprintln!, which libtest
+    // captures and hides for passing tests: a skip must be visible.
+    let at = std::panic::Location::caller();
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: needs root ({}:{})",
+        at.file(),
+        at.line()
+    );
     true
 }
 
