@@ -1,12 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * cgdrop's BPF programs: verdicts on the packets and connect() calls of the
- * sockets of one cgroup (and its descendants), with per-CPU counters.
+ * cgdrop's BPF programs: verdicts on the packets, connect() and unconnected
+ * sendmsg() calls of the sockets of one cgroup (and its descendants), with
+ * per-CPU counters.
  *
- * Verdict order (../shared/DESIGN.md, "Policy semantics"): a packet that is
- * outside the configured interface or port is passed; everything in scope is
- * dropped. The connect hooks make a dropped TCP connection fail with EPERM at
- * once instead of hanging while the kernel retries the SYN.
+ * Verdict order (../shared/DESIGN.md, "Policy semantics"):
+ *   1. direction not selected → pass
+ *   2. interface filter set and not this interface → pass
+ *   3. port filter set and neither port of a TCP/UDP packet equals it → pass
+ *   4. the rule for the remote address and port (longest prefix; one with a
+ *      port beats one without): allow → pass, deny → drop
+ *   5. no rule: drop, unless the policy has deny rules (then it is a block list)
+ *   6. dry-run: counted as above, but always pass
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -24,6 +29,12 @@
 #define NEXTHDR_DEST 60
 /* Extension headers walked at most; a packet with more has no ports for us. */
 #define MAX_IPV6_EXT 4
+/* Expired rules looked past per lookup before giving up (userspace deletes them). */
+#define MAX_EXPIRED_SKIPS 4
+/* Rules per address family. */
+#define MAX_RULES (1 << 20)
+/* The port part of a trie key, in bits. */
+#define PORT_BITS 16
 
 /* Interface index a packet must use to be in scope; 0 = every interface. */
 const volatile __u32 cfg_ifindex = 0;
@@ -34,11 +45,22 @@ const volatile __u16 cfg_port = 0;
  * enum (a bit set of its values) so the enum reaches Rust through BTF.
  */
 const volatile enum cgdrop_direction cfg_directions = 0;
+/* CGDROP_MODE_* bits. */
+const volatile enum cgdrop_mode cfg_modes = 0;
 /*
- * Not configuration: makes `enum cgdrop_stat_slot` part of the object's BTF so
- * that the Rust side gets the slot numbers from the generated types.
+ * Not configuration: makes these enums part of the object's BTF so that the
+ * Rust side gets their values from the generated types.
  */
 const volatile enum cgdrop_stat_slot cfg_stat_slots = CGDROP_STAT_SLOTS;
+const volatile enum cgdrop_action cfg_actions = 0;
+
+/*
+ * What happens to traffic no rule matches: 0 = dropped (the policy has no
+ * deny rule: everything in scope, or all but the allowed), 1 = passed (a
+ * block list). Not rodata: a rules-file reload can change it, together with
+ * the rules.
+ */
+__u32 unmatched_pass = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -47,10 +69,31 @@ struct {
 	__type(value, struct cgdrop_counters);
 } stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cgdrop_key_v4);
+	__type(value, struct cgdrop_rule);
+} rules_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cgdrop_key_v6);
+	__type(value, struct cgdrop_rule);
+} rules_v6 SEC(".maps");
+
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
+	/* IPv4 addresses use the first 4 bytes. First, to keep them 4-byte aligned. */
+	__u8 saddr[16];
+	__u8 daddr[16];
 	__u16 sport;
 	__u16 dport;
+	/* 4, 6, or 0 when the IP header could not be read. */
+	__u8 family;
 	__u8 has_ports;
 };
 
@@ -67,6 +110,98 @@ static __always_inline struct cgdrop_counters *counters(__u32 slot)
 static __always_inline void count(__u64 *field, __u64 n)
 {
 	__sync_fetch_and_add(field, n);
+}
+
+/* A matching rule that has not expired: its action; otherwise 0. */
+static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
+{
+	if (!r->expires_ns)
+		return r->action;
+	if (!*now)
+		*now = bpf_ktime_get_boot_ns();
+	return r->expires_ns > *now ? r->action : 0;
+}
+
+/*
+ * The action of the longest live rule for (port, addr) in the v4 trie, or 0.
+ * An expired rule hides shorter ones in an LPM trie: look again with a
+ * prefix one bit shorter than the expired one.
+ */
+static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
+{
+	struct cgdrop_key_v4 key = { .prefixlen = PORT_BITS + 32, .port = bpf_htons(port) };
+	struct cgdrop_rule *r;
+	__u32 action;
+
+	__builtin_memcpy(key.addr, addr, 4);
+	for (int i = 0; i < MAX_EXPIRED_SKIPS; i++) {
+		r = bpf_map_lookup_elem(&rules_v4, &key);
+		if (!r)
+			return 0;
+		action = live_action(r, now);
+		if (action || r->prefixlen <= PORT_BITS)
+			return action;
+		key.prefixlen = r->prefixlen - 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now)
+{
+	struct cgdrop_key_v6 key = { .prefixlen = PORT_BITS + 128, .port = bpf_htons(port) };
+	struct cgdrop_rule *r;
+	__u32 action;
+
+	__builtin_memcpy(key.addr, addr, 16);
+	for (int i = 0; i < MAX_EXPIRED_SKIPS; i++) {
+		r = bpf_map_lookup_elem(&rules_v6, &key);
+		if (!r)
+			return 0;
+		action = live_action(r, now);
+		if (action || r->prefixlen <= PORT_BITS)
+			return action;
+		key.prefixlen = r->prefixlen - 1;
+	}
+	return 0;
+}
+
+/* ::ffff:a.b.c.d is matched as the IPv4 address a.b.c.d. */
+static __always_inline bool v4_mapped(const __u8 *addr)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/*
+ * Does the policy drop traffic with this remote address and port (host
+ * order, 0 = none)? A rule with the port beats one without.
+ */
+static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 port)
+{
+	__u64 now = 0;
+	__u32 action = 0;
+
+	if (family == 6 && v4_mapped(addr)) {
+		family = 4;
+		addr += 12;
+	}
+	if (family == 4) {
+		if (port)
+			action = lookup_v4(port, addr, &now);
+		if (!action)
+			action = lookup_v4(0, addr, &now);
+	} else if (family == 6) {
+		if (port)
+			action = lookup_v6(port, addr, &now);
+		if (!action)
+			action = lookup_v6(0, addr, &now);
+	}
+	if (action == CGDROP_ACTION_ALLOW)
+		return false;
+	if (action == CGDROP_ACTION_DENY)
+		return true;
+	return !unmatched_pass;
 }
 
 /*
@@ -103,6 +238,9 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *p
 
 	if (read_hdr(skb, 0, &ip, sizeof(ip)))
 		return;
+	pkt->family = 4;
+	__builtin_memcpy(pkt->saddr, &ip.saddr, 4);
+	__builtin_memcpy(pkt->daddr, &ip.daddr, 4);
 	if (ip.frag_off & bpf_htons(IP_OFFSET_MASK))
 		return;
 	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
@@ -120,6 +258,9 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *p
 
 	if (read_hdr(skb, 0, &ip6, sizeof(ip6)))
 		return;
+	pkt->family = 6;
+	__builtin_memcpy(pkt->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(pkt->daddr, &ip6.daddr, 16);
 	next = ip6.nexthdr;
 
 #pragma unroll
@@ -150,28 +291,28 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *p
 	read_ports(skb, off, pkt);
 }
 
-/* Is this packet inside the interface and port filters of the policy? */
-static __always_inline bool skb_in_scope(struct __sk_buff *skb)
+/* Would the policy drop this packet (steps 2 to 5 of the verdict order)? */
+static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 {
 	struct pkt_info pkt = {};
 
 	if (cfg_ifindex && skb->ifindex != cfg_ifindex)
 		return false;
-	if (!cfg_port)
-		return true;
 	/* skb->protocol, not skb->family: the latter is the socket's family. */
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		parse_ipv4(skb, &pkt);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		parse_ipv6(skb, &pkt);
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
-	if (!pkt.has_ports)
+	if (cfg_port && !(pkt.has_ports && (pkt.sport == cfg_port || pkt.dport == cfg_port)))
 		return false;
-	return pkt.sport == cfg_port || pkt.dport == cfg_port;
+	if (egress)
+		return policy_drops(pkt.family, pkt.daddr, pkt.has_ports ? pkt.dport : 0);
+	return policy_drops(pkt.family, pkt.saddr, pkt.has_ports ? pkt.sport : 0);
 }
 
-/* Returns 1 (pass) or 0 (drop), the cgroup_skb verdicts for both directions. */
-static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, __u32 direction)
+/* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
+static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction)
 {
 	struct cgdrop_counters *c = counters(slot);
 	/* A GSO packet stands for gso_segs packets on the wire. */
@@ -182,12 +323,21 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, __u32 
 		count(&c->packets, segs);
 		count(&c->bytes, len);
 	}
-	if (!(cfg_directions & direction) || !skb_in_scope(skb))
+	if (!(cfg_directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS))
 		return 1;
 	if (c) {
 		count(&c->dropped_packets, segs);
 		count(&c->dropped_bytes, len);
 	}
+	if (cfg_modes & CGDROP_MODE_DRY_RUN)
+		return 1;
+	/*
+	 * Egress 2 = drop with congestion notification: the kernel reports
+	 * NET_XMIT_DROP instead of EPERM, which UDP hides from the sender, so a
+	 * silent policy looks like a cut cable rather than a refusal.
+	 */
+	if ((cfg_modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS)
+		return 2;
 	return 0;
 }
 
@@ -204,45 +354,70 @@ int cgdrop_egress(struct __sk_buff *skb)
 }
 
 /*
- * Returns 1 (allow) or 0 (connect() fails with EPERM). Rejects what the skb
+ * Returns 1 (allow) or 0 (the call fails with EPERM). Rejects what the skb
  * programs would drop: a TCP handshake fails if either direction is dropped;
- * a UDP connect() sends nothing, so it is rejected only when egress is.
+ * a UDP connect() or sendmsg() only matters when egress is dropped.
  */
-static __always_inline int connect_verdict(struct bpf_sock_addr *ctx, __u32 slot)
+static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 slot, __u8 family)
 {
 	struct cgdrop_counters *c = counters(slot);
-	__u16 remote_port;
+	__u16 remote_port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 ip6[4];
 
 	if (c)
 		count(&c->packets, 1);
 	/* The outgoing interface is not known at connect() time: never reject then. */
-	if (cfg_ifindex || !cfg_directions)
+	if (cfg_ifindex || !cfg_directions || (cfg_modes & CGDROP_MODE_SILENT))
 		return 1;
 	if (ctx->type != SOCK_STREAM && !(cfg_directions & CGDROP_DIR_EGRESS))
 		return 1;
 	if (cfg_port) {
 		if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 			return 1;
-		remote_port = bpf_ntohs((__u16)ctx->user_port);
 		/* A socket bound to the filtered port sends from it. */
 		if (remote_port != cfg_port && ctx->sk->src_port != cfg_port)
 			return 1;
 	}
+	if (family == 4) {
+		ip6[0] = ctx->user_ip4;
+		if (!policy_drops(4, (__u8 *)ip6, remote_port))
+			return 1;
+	} else {
+		/* The context allows only 4-byte reads of user_ip6. */
+		ip6[0] = ctx->user_ip6[0];
+		ip6[1] = ctx->user_ip6[1];
+		ip6[2] = ctx->user_ip6[2];
+		ip6[3] = ctx->user_ip6[3];
+		if (!policy_drops(6, (__u8 *)ip6, remote_port))
+			return 1;
+	}
 	if (c)
 		count(&c->dropped_packets, 1);
-	return 0;
+	return (cfg_modes & CGDROP_MODE_DRY_RUN) ? 1 : 0;
 }
 
 SEC("cgroup/connect4")
 int cgdrop_connect4(struct bpf_sock_addr *ctx)
 {
-	return connect_verdict(ctx, CGDROP_STAT_CONNECT4);
+	return sock_addr_verdict(ctx, CGDROP_STAT_CONNECT4, 4);
 }
 
 SEC("cgroup/connect6")
 int cgdrop_connect6(struct bpf_sock_addr *ctx)
 {
-	return connect_verdict(ctx, CGDROP_STAT_CONNECT6);
+	return sock_addr_verdict(ctx, CGDROP_STAT_CONNECT6, 6);
+}
+
+SEC("cgroup/sendmsg4")
+int cgdrop_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_verdict(ctx, CGDROP_STAT_SENDMSG4, 4);
+}
+
+SEC("cgroup/sendmsg6")
+int cgdrop_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_verdict(ctx, CGDROP_STAT_SENDMSG6, 6);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -35,4 +35,48 @@ enum cgdrop_direction {
 	CGDROP_DIR_EGRESS = 2,
 };
 
+/* Bits of the `cfg_modes` rodata value. */
+enum cgdrop_mode {
+	/* No connect/sendmsg rejection; egress drops look like packet loss to UDP. */
+	CGDROP_MODE_SILENT = 1,
+	/* Count what would be dropped; drop nothing. */
+	CGDROP_MODE_DRY_RUN = 2,
+};
+
+/* What a rule does to the traffic it matches. */
+enum cgdrop_action {
+	CGDROP_ACTION_ALLOW = 1,
+	CGDROP_ACTION_DENY = 2,
+};
+
+/*
+ * Keys of the LPM tries `rules_v4` and `rules_v6`. The trie matches the bytes
+ * after `prefixlen` from the first bit on: the port (network order; 0 = any
+ * port) is compared whole, then `prefixlen - 16` bits of the address. `pad`
+ * keeps the size explicit and is always zero.
+ */
+struct cgdrop_key_v4 {
+	__u32 prefixlen;
+	__u16 port;
+	__u8 addr[4];
+	__u8 pad[2];
+};
+
+struct cgdrop_key_v6 {
+	__u32 prefixlen;
+	__u16 port;
+	__u8 addr[16];
+	__u8 pad[2];
+};
+
+/* Value of a rule in the tries. */
+struct cgdrop_rule {
+	/* CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) after which the rule no longer matches; 0 = never. */
+	__u64 expires_ns;
+	/* enum cgdrop_action */
+	__u32 action;
+	/* The key's prefixlen, so that an expired rule can be looked past. */
+	__u32 prefixlen;
+};
+
 #endif /* __CGDROP_H */

@@ -48,8 +48,7 @@ fn unescape_octal(s: &str) -> String {
 
 /// The first cgroup2 mount of this mount namespace.
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let text = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     parse_mountinfo(&text).into_iter().next().ok_or_else(|| {
         anyhow!("no cgroup2 filesystem is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or boot with systemd.unified_cgroup_hierarchy=1")
     })
@@ -60,25 +59,15 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// so that a relative path cannot leave the cgroup2 tree.
 pub fn resolve(arg: &Path, root: &Path) -> Result<PathBuf> {
     if arg.as_os_str().is_empty() {
-        bail!(
-            "empty cgroup path: pass a path relative to {} or an absolute one",
-            root.display()
-        );
+        bail!("empty cgroup path: pass a path relative to {} or an absolute one", root.display());
     }
-    let mut out = if arg.is_absolute() {
-        PathBuf::from("/")
-    } else {
-        root.to_path_buf()
-    };
+    let mut out = if arg.is_absolute() { PathBuf::from("/") } else { root.to_path_buf() };
     for c in arg.components() {
         match c {
             Component::Normal(part) => out.push(part),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                bail!(
-                    "cgroup path {} contains '..': pass the path without it",
-                    arg.display()
-                )
+                bail!("cgroup path {} contains '..': pass the path without it", arg.display())
             }
         }
     }
@@ -112,33 +101,17 @@ pub fn locate(arg: &Path, create: bool) -> Result<Location> {
     let path = resolve(arg, &root)?;
     if path.exists() {
         check_cgroup2(&path, &root)?;
-        return Ok(Location {
-            path,
-            root,
-            create: false,
-        });
+        return Ok(Location { path, root, create: false });
     }
     if !create {
-        bail!(
-            "cgroup {} does not exist: create it (mkdir) or pass --create",
-            path.display()
-        );
+        bail!("cgroup {} does not exist: create it (mkdir) or pass --create", path.display());
     }
     let parent = path.parent().unwrap_or(&root);
     if !parent.exists() {
-        bail!(
-            "cannot create cgroup {}: its parent {} does not exist",
-            path.display(),
-            parent.display()
-        );
+        bail!("cannot create cgroup {}: its parent {} does not exist", path.display(), parent.display());
     }
-    check_cgroup2(parent, &root)
-        .with_context(|| format!("cannot create cgroup {}", path.display()))?;
-    Ok(Location {
-        path,
-        root,
-        create: true,
-    })
+    check_cgroup2(parent, &root).with_context(|| format!("cannot create cgroup {}", path.display()))?;
+    Ok(Location { path, root, create: true })
 }
 
 impl Cgroup {
@@ -149,22 +122,13 @@ impl Cgroup {
             fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         }
         let opened = check_cgroup2(&path, &root).and_then(|()| {
-            let fd = OwnedFd::from(
-                fs::File::open(&path)
-                    .with_context(|| format!("opening cgroup {}", path.display()))?,
-            );
-            let id = fs::metadata(&path)
-                .with_context(|| format!("reading cgroup {}", path.display()))?
-                .ino();
+            let fd =
+                OwnedFd::from(fs::File::open(&path).with_context(|| format!("opening cgroup {}", path.display()))?);
+            let id = fs::metadata(&path).with_context(|| format!("reading cgroup {}", path.display()))?.ino();
             Ok((fd, id))
         });
         match opened {
-            Ok((fd, id)) => Ok(Self {
-                path,
-                id,
-                fd,
-                created: create,
-            }),
+            Ok((fd, id)) => Ok(Self { path, id, fd, created: create }),
             Err(e) => {
                 if create {
                     // Leave the system as it was; the original error is what matters.
@@ -200,10 +164,7 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         if self.created {
             if let Err(e) = fs::remove_dir(&self.path) {
-                eprintln!(
-                    "cgdrop: leaving cgroup {} in place: {e} (processes still in it?)",
-                    self.path.display()
-                );
+                eprintln!("cgdrop: leaving cgroup {} in place: {e} (processes still in it?)", self.path.display());
             }
         }
     }
@@ -228,10 +189,7 @@ fn check_cgroup2(path: &Path, root: &Path) -> Result<()> {
         );
     }
     if !path.is_dir() {
-        bail!(
-            "{} is a cgroup file, not a cgroup directory: pass the directory that holds it",
-            path.display()
-        );
+        bail!("{} is a cgroup file, not a cgroup directory: pass the directory that holds it", path.display());
     }
     Ok(())
 }
@@ -254,26 +212,17 @@ mod tests {
 
     #[test]
     fn mountinfo_hybrid() {
-        assert_eq!(
-            parse_mountinfo(HYBRID),
-            vec![PathBuf::from("/sys/fs/cgroup/unified")]
-        );
+        assert_eq!(parse_mountinfo(HYBRID), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
     }
 
     #[test]
     fn mountinfo_unified_with_optional_fields() {
-        assert_eq!(
-            parse_mountinfo(UNIFIED),
-            vec![PathBuf::from("/sys/fs/cgroup")]
-        );
+        assert_eq!(parse_mountinfo(UNIFIED), vec![PathBuf::from("/sys/fs/cgroup")]);
     }
 
     #[test]
     fn mountinfo_without_cgroup2() {
-        assert!(
-            parse_mountinfo("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n")
-                .is_empty()
-        );
+        assert!(parse_mountinfo("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n").is_empty());
         assert!(parse_mountinfo("").is_empty());
         assert!(parse_mountinfo("garbage line\n").is_empty());
     }
@@ -281,23 +230,14 @@ mod tests {
     #[test]
     fn mountinfo_escaped_mount_point() {
         let text = "41 31 0:38 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_mountinfo(text),
-            vec![PathBuf::from("/mnt/my cgroups")]
-        );
+        assert_eq!(parse_mountinfo(text), vec![PathBuf::from("/mnt/my cgroups")]);
     }
 
     #[test]
     fn resolve_relative_and_absolute() {
         let root = Path::new("/sys/fs/cgroup/unified");
-        assert_eq!(
-            resolve(Path::new("myapp"), root).unwrap(),
-            root.join("myapp")
-        );
-        assert_eq!(
-            resolve(Path::new("./a/./b/"), root).unwrap(),
-            root.join("a/b")
-        );
+        assert_eq!(resolve(Path::new("myapp"), root).unwrap(), root.join("myapp"));
+        assert_eq!(resolve(Path::new("./a/./b/"), root).unwrap(), root.join("a/b"));
         assert_eq!(
             resolve(Path::new("/sys/fs/cgroup/unified/x"), root).unwrap(),
             PathBuf::from("/sys/fs/cgroup/unified/x")

@@ -4,6 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{error::ErrorKind, ArgGroup, Args, Parser};
 
+use crate::rules::Target;
+
 /// Drop the network traffic of every process of one cgroup v2, with eBPF.
 ///
 /// cgdrop attaches BPF programs to the cgroup and keeps them attached until it
@@ -70,15 +72,38 @@ pub struct PolicyArgs {
     /// (1-65535). Packets without ports (ICMP, fragments) are then not dropped.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
+
+    /// Drop traffic to or from RULE (CIDR[:PORT]: 10.0.0.0/8, 8.8.8.8:53,
+    /// 2001:db8::/32, [2001:db8::1]:443). Repeatable. With any deny rule the
+    /// policy is a block list: traffic no rule matches passes.
+    #[arg(long, value_name = "RULE")]
+    pub block: Vec<Target>,
+
+    /// Let traffic to or from RULE through. Repeatable. Without deny rules only
+    /// allowed traffic passes (--allow 127.0.0.0/8 --allow ::1: loopback only).
+    /// The longest prefix wins; a rule with a port beats one without.
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<Target>,
+
+    /// Read rules from FILE: one `allow|deny RULE [ttl=DURATION]` per line
+    /// (ttl: 30s, 5m, 1h, 2d), `#` comments. SIGHUP reloads it.
+    #[arg(long, value_name = "FILE")]
+    pub rules_file: Option<PathBuf>,
+
+    /// Drop packets without rejecting connect() or sendto() at once: blocked
+    /// connections hang and UDP sends seem to succeed, as in a real outage.
+    #[arg(long)]
+    pub silent: bool,
+
+    /// Count what would be dropped, but drop nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Reports a clap error as cgdrop reports every error: one line on stderr,
 /// exit status 2. `--help` and `--version` print as usual and exit 0.
 pub fn usage_error(err: clap::Error) -> ExitCode {
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         // Printing help can only fail if stdout is closed; nothing to report then.
         let _ = err.print();
         return ExitCode::SUCCESS;
@@ -86,11 +111,7 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
     // clap's message is its first paragraph (a list of missing arguments
     // continues on indented lines); the usage and tips after it are dropped.
     let rendered = err.render().to_string();
-    let paragraph: Vec<&str> = rendered
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
+    let paragraph: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let msg = paragraph.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
     eprintln!("cgdrop: {msg} (see 'cgdrop --help')");

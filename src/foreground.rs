@@ -1,6 +1,7 @@
 //! Foreground mode: attach, optionally run a command inside the cgroup, report
-//! counters every interval, and detach on SIGINT/SIGTERM/SIGHUP or when the
-//! command exits; then print the summary.
+//! counters every interval, reload the rules file on SIGHUP, and detach on
+//! SIGINT/SIGTERM (or SIGHUP without a rules file) or when the command exits;
+//! then print the summary.
 use std::{
     fs::OpenOptions,
     mem::MaybeUninit,
@@ -14,18 +15,28 @@ use std::{
 use anyhow::{Context, Result};
 use libbpf_rs::OpenObject;
 use nix::{sys::signal::Signal, unistd::Pid};
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGTERM},
+    iterator::Signals,
+};
 
 use crate::{
     cgroup::{self, Cgroup},
-    cli::Cli,
+    cli::{Cli, PolicyArgs},
     loader,
     policy::Policy,
-    privileges, stats,
+    privileges,
+    rulemaps::Installed,
+    rules,
+    skel::CgdropSkel,
+    stats,
 };
 
 enum Event {
-    /// SIGINT, SIGTERM or SIGHUP reached cgdrop.
+    /// SIGINT or SIGTERM (or SIGHUP without a rules file) reached cgdrop.
     Signal,
+    /// SIGHUP with a rules file: re-read it.
+    Reload,
     /// The --run command exited.
     Exited(ExitStatus),
 }
@@ -35,38 +46,28 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs foreground mode; returns the exit status (the --run command's, or 0).
 pub fn run(cli: &Cli) -> Result<u8> {
-    let policy = Policy::from_args(&cli.policy)?;
+    let mut policy = Policy::from_args(&cli.policy)?;
     let location = cgroup::locate(&cli.cgroup, cli.create)?;
     privileges::check()?;
     loader::set_verbose(cli.verbose);
     let cgroup = Cgroup::open(location)?;
 
     let (tx, rx) = mpsc::channel();
-    let signal_tx = tx.clone();
-    ctrlc::set_handler(move || {
-        // The receiver lives until run() returns; a send after that is moot.
-        let _ = signal_tx.send(Event::Signal);
-    })
-    .context("installing the signal handler")?;
+    forward_signals(tx.clone(), policy.rules_file.is_some())?;
 
     let mut object = MaybeUninit::<OpenObject>::uninit();
-    let skel = loader::load(&policy, &mut object)?;
+    let mut skel = loader::load(&policy, &mut object)?;
+    let mut installed = Installed::new();
+    // Rules go in before the programs are attached: the first packet sees them.
+    loader::apply_rules(&mut skel, &mut installed, &policy)?;
     let links = loader::attach(&skel, &cgroup, &policy)?;
     eprintln!(
         "cgdrop: attached to cgroup {} (id {}): dropping {}{}; {}",
         cgroup.path.display(),
         cgroup.id,
         policy.describe(),
-        if policy.rejects_connect() {
-            ", connect() rejected with EPERM"
-        } else {
-            ""
-        },
-        if cli.run.is_some() {
-            "running the command"
-        } else {
-            "Ctrl-C to detach"
-        }
+        if policy.rejects_calls() { ", connect() and sendto() rejected with EPERM" } else { "" },
+        if cli.run.is_some() { "running the command" } else { "Ctrl-C to detach" }
     );
 
     let child_pid = match &cli.run {
@@ -81,39 +82,75 @@ pub fn run(cli: &Cli) -> Result<u8> {
     };
     drop(tx);
 
-    let status = wait_events(
-        &rx,
-        cli.interval.map(Duration::from_secs),
-        child_pid,
-        || stats::read(&skel.maps.stats).map(|s| eprintln!("cgdrop: {}", s.line())),
-    )?;
+    let status = wait_events(&rx, cli.interval.map(Duration::from_secs), child_pid, |tick| match tick {
+        Tick::Report => {
+            loader::sweep_expired(&skel, &mut installed)?;
+            stats::read(&skel.maps.stats).map(|s| eprintln!("cgdrop: {}", s.line()))
+        }
+        Tick::Reload => {
+            reload(&cli.policy, &mut policy, &mut skel, &mut installed);
+            Ok(())
+        }
+    })?;
 
     let totals = stats::read(&skel.maps.stats)?;
     drop(links);
     if cli.json {
-        let summary = stats::Summary {
-            cgroup: &cgroup.path.to_string_lossy(),
-            cgroup_id: cgroup.id,
-            stats: totals,
-        };
+        let summary = stats::Summary { cgroup: &cgroup.path.to_string_lossy(), cgroup_id: cgroup.id, stats: totals };
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        eprint!(
-            "cgdrop: detached from {}\n{}",
-            cgroup.path.display(),
-            totals.table()
-        );
+        eprint!("cgdrop: detached from {}\n{}", cgroup.path.display(), totals.table());
     }
     Ok(status.map_or(0, exit_code))
 }
 
-/// Waits for a signal or the command's exit, reporting every `interval`.
-/// Returns the command's status, if there is a command.
+/// Re-reads the rules file and swaps the rules in; on any error the old rules
+/// stay in force and the error is printed.
+fn reload(args: &PolicyArgs, policy: &mut Policy, skel: &mut CgdropSkel<'_>, installed: &mut Installed) {
+    let Some(path) = policy.rules_file.clone() else { return };
+    let mut next = policy.clone();
+    let result = rules::read_rules_file(&path)
+        .and_then(|file_rules| next.set_rules(args, file_rules))
+        .and_then(|()| loader::apply_rules(skel, installed, &next));
+    match result {
+        Ok(()) => {
+            *policy = next;
+            eprintln!("cgdrop: reloaded {}: {} rules in force", path.display(), policy.rules.len());
+        }
+        Err(e) => eprintln!("cgdrop: reloading {} failed, the previous rules stay in force: {e:#}", path.display()),
+    }
+}
+
+/// Sends SIGINT and SIGTERM (and SIGHUP, unless it means reload) to `tx` as events.
+fn forward_signals(tx: mpsc::Sender<Event>, hup_reloads: bool) -> Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    thread::spawn(move || {
+        for sig in signals.forever() {
+            let event = if sig == SIGHUP && hup_reloads { Event::Reload } else { Event::Signal };
+            // The receiver lives until run() returns; a send after that is moot.
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What the event loop asks of its caller besides waiting.
+enum Tick {
+    /// An interval passed: report counters.
+    Report,
+    /// SIGHUP: reload the rules file.
+    Reload,
+}
+
+/// Waits for a signal or the command's exit, reporting every `interval` and
+/// reloading on SIGHUP. Returns the command's status, if there is a command.
 fn wait_events(
     rx: &mpsc::Receiver<Event>,
     interval: Option<Duration>,
     child: Option<Pid>,
-    mut report: impl FnMut() -> Result<()>,
+    mut on_tick: impl FnMut(Tick) -> Result<()>,
 ) -> Result<Option<ExitStatus>> {
     let mut next_report = interval.map(|i| Instant::now() + i);
     loop {
@@ -123,13 +160,14 @@ fn wait_events(
         };
         match event {
             Ok(Event::Exited(status)) => return Ok(Some(status)),
+            Ok(Event::Reload) => on_tick(Tick::Reload)?,
             Ok(Event::Signal) => {
                 let Some(pid) = child else { return Ok(None) };
                 // Keep the policy in force until the command has gone.
                 return Ok(Some(stop_child(rx, pid)));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                report()?;
+                on_tick(Tick::Report)?;
                 next_report = next_report.zip(interval).map(|(at, i)| at + i);
             }
             // Only when no sender is left, which cannot happen while the signal
@@ -147,7 +185,7 @@ fn stop_child(rx: &mpsc::Receiver<Event>, pid: Pid) -> ExitStatus {
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Event::Exited(status)) => return status,
-            Ok(Event::Signal) => {}
+            Ok(Event::Signal | Event::Reload) => {}
             Err(_) => {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 if let Ok(Event::Exited(status)) = rx.recv() {
@@ -161,9 +199,7 @@ fn stop_child(rx: &mpsc::Receiver<Event>, pid: Pid) -> ExitStatus {
 
 fn wait_child(mut child: Child, tx: mpsc::Sender<Event>) {
     // A wait() error leaves no status to report; 127 like a shell's failure.
-    let status = child
-        .wait()
-        .unwrap_or_else(|_| ExitStatus::from_raw(127 << 8));
+    let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(127 << 8));
     let _ = tx.send(Event::Exited(status));
 }
 
@@ -190,9 +226,7 @@ fn spawn_in_cgroup(cmd: &str, cgroup: &Cgroup) -> Result<Child> {
             }
         });
     }
-    let child = command
-        .spawn()
-        .with_context(|| format!("running `{cmd}` in cgroup {}", cgroup.path.display()))?;
+    let child = command.spawn().with_context(|| format!("running `{cmd}` in cgroup {}", cgroup.path.display()))?;
     drop(procs);
     Ok(child)
 }
@@ -226,16 +260,13 @@ mod tests {
             thread::sleep(Duration::from_millis(350));
             tx.send(Event::Signal).unwrap();
         });
-        let status = wait_events(&rx, Some(Duration::from_millis(100)), None, || {
+        let status = wait_events(&rx, Some(Duration::from_millis(100)), None, |_| {
             reports += 1;
             Ok(())
         })
         .unwrap();
         sender.join().unwrap();
         assert!(status.is_none());
-        assert!(
-            (2..=4).contains(&reports),
-            "{reports} reports in 350 ms at 100 ms"
-        );
+        assert!((2..=4).contains(&reports), "{reports} reports in 350 ms at 100 ms");
     }
 }

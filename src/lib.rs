@@ -1,26 +1,22 @@
 //! cgdrop: drop the network traffic of every process of one cgroup v2 with eBPF.
 //!
-//! Data flows one way: `cli` → validated `policy::Policy` → `loader` (skeleton
-//! open, rodata, load, attach) → links held by `foreground` → counters read back
-//! by `stats`. `cgroup` finds and checks the cgroup; `privileges` checks
-//! capabilities up front.
+//! Data flows one way: `cli` → validated `policy::Policy` (with `rules` parsed)
+//! → `loader` (skeleton open, rodata, load, rules written by `rulemaps`,
+//! attach) → links held by `foreground` → counters read back by `stats`.
+//! `cgroup` finds and checks the cgroup; `privileges` checks capabilities up front.
 pub mod cgroup;
 pub mod cli;
 pub mod foreground;
 pub mod loader;
 pub mod policy;
 pub mod privileges;
+pub mod rulemaps;
+pub mod rules;
 pub mod stats;
 
 /// The skeleton libbpf-cargo generated from bpf/cgdrop.bpf.c (see build.rs).
 pub mod skel {
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        non_snake_case,
-        non_upper_case_globals
-    )]
+    #![allow(clippy::all, missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals)]
     include!(concat!(env!("OUT_DIR"), "/cgdrop.skel.rs"));
 }
 

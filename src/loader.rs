@@ -13,8 +13,30 @@ use libbpf_rs::{
 use crate::{
     cgroup::Cgroup,
     policy::Policy,
-    skel::{types::cgdrop_direction, CgdropSkel, CgdropSkelBuilder},
+    rulemaps::{self, Installed, RuleMaps},
+    skel::{
+        types::{cgdrop_direction, cgdrop_mode},
+        CgdropSkel, CgdropSkelBuilder,
+    },
 };
+
+/// Puts the policy's rules into the tries (replacing `installed`) and sets
+/// what unmatched traffic gets, in the order that never leaves a gap.
+pub fn apply_rules(skel: &mut CgdropSkel<'_>, installed: &mut Installed, policy: &Policy) -> Result<()> {
+    let now_ns = rulemaps::boot_time_ns()?;
+    let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
+    let bss = skel.maps.bss_data.as_deref_mut().context("the BPF object has no .bss section")?;
+    maps.replace(installed, &policy.rules, now_ns, || {
+        bss.unmatched_pass = u32::from(policy.unmatched_pass());
+        Ok(())
+    })
+}
+
+/// Deletes expired rules from the tries; returns how many.
+pub fn sweep_expired(skel: &CgdropSkel<'_>, installed: &mut Installed) -> Result<usize> {
+    let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
+    maps.sweep_expired(installed, rulemaps::boot_time_ns()?)
+}
 
 fn print_live(_level: PrintLevel, msg: String) {
     eprint!("{msg}");
@@ -23,24 +45,13 @@ fn print_live(_level: PrintLevel, msg: String) {
 /// Sends libbpf's log (including the verifier's) to stderr when `verbose`;
 /// otherwise silences it, so that errors stay one line (they say to use --verbose).
 pub fn set_verbose(verbose: bool) {
-    libbpf_rs::set_print(
-        verbose.then_some((PrintLevel::Debug, print_live as libbpf_rs::PrintCallback)),
-    );
+    libbpf_rs::set_print(verbose.then_some((PrintLevel::Debug, print_live as libbpf_rs::PrintCallback)));
 }
 
 /// Opens the BPF object, configures it for `policy` through rodata and loads it.
-pub fn load<'obj>(
-    policy: &Policy,
-    object: &'obj mut MaybeUninit<OpenObject>,
-) -> Result<CgdropSkel<'obj>> {
-    let mut open = CgdropSkelBuilder::default()
-        .open(object)
-        .context("opening the BPF object")?;
-    let rodata = open
-        .maps
-        .rodata_data
-        .as_deref_mut()
-        .context("the BPF object has no rodata section")?;
+pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) -> Result<CgdropSkel<'obj>> {
+    let mut open = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
+    let rodata = open.maps.rodata_data.as_deref_mut().context("the BPF object has no rodata section")?;
     rodata.cfg_ifindex = policy.ifindex();
     rodata.cfg_port = policy.port.unwrap_or(0);
     let mut dirs = 0;
@@ -51,6 +62,14 @@ pub fn load<'obj>(
         dirs |= cgdrop_direction::CGDROP_DIR_EGRESS.0;
     }
     rodata.cfg_directions = cgdrop_direction(dirs);
+    let mut modes = 0;
+    if policy.silent {
+        modes |= cgdrop_mode::CGDROP_MODE_SILENT.0;
+    }
+    if policy.dry_run {
+        modes |= cgdrop_mode::CGDROP_MODE_DRY_RUN.0;
+    }
+    rodata.cfg_modes = cgdrop_mode(modes);
     open.load().map_err(|e| {
         let hint = match e.kind() {
             ErrorKind::PermissionDenied => "the kernel refused a program (verifier rejection or missing privileges); run with --verbose to see libbpf's log and the verifier's",
@@ -71,8 +90,16 @@ pub fn attach(skel: &CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy) -> Result
     if policy.egress {
         wanted.push(("cgdrop_egress", &progs.cgdrop_egress));
     }
-    wanted.push(("cgdrop_connect4", &progs.cgdrop_connect4));
-    wanted.push(("cgdrop_connect6", &progs.cgdrop_connect6));
+    // --silent turns the fail-fast hooks off; sendmsg is only rejected when
+    // egress is dropped, so without egress it has nothing to do.
+    if !policy.silent {
+        wanted.push(("cgdrop_connect4", &progs.cgdrop_connect4));
+        wanted.push(("cgdrop_connect6", &progs.cgdrop_connect6));
+        if policy.egress {
+            wanted.push(("cgdrop_sendmsg4", &progs.cgdrop_sendmsg4));
+            wanted.push(("cgdrop_sendmsg6", &progs.cgdrop_sendmsg6));
+        }
+    }
 
     wanted
         .into_iter()

@@ -1,9 +1,14 @@
 //! The validated policy: what the rest of cgdrop takes instead of CLI flags.
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 
-use crate::cli::PolicyArgs;
+use crate::{
+    cli::PolicyArgs,
+    rules::{self, Action, Rule},
+};
 
-/// What to drop, checked and resolved (interface name to index).
+/// What to drop, checked and resolved (interface name to index, rules file read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub ingress: bool,
@@ -12,6 +17,12 @@ pub struct Policy {
     pub iface: Option<(String, u32)>,
     /// Port to match against source or destination; `None` means every port.
     pub port: Option<u16>,
+    /// The rules of the command line followed by those of the rules file.
+    pub rules: Vec<Rule>,
+    /// Where the file rules came from (SIGHUP re-reads it).
+    pub rules_file: Option<PathBuf>,
+    pub silent: bool,
+    pub dry_run: bool,
 }
 
 impl Policy {
@@ -34,12 +45,39 @@ impl Policy {
                 None => bail!("unknown interface '{name}': `ip link` lists the interfaces of this network namespace"),
             },
         };
-        Ok(Self {
+        let mut policy = Self {
             ingress,
             egress,
             iface,
             port: args.port,
-        })
+            rules: Vec::new(),
+            rules_file: args.rules_file.clone(),
+            silent: args.silent,
+            dry_run: args.dry_run,
+        };
+        let file_rules = match &args.rules_file {
+            Some(path) => rules::read_rules_file(path)?,
+            None => Vec::new(),
+        };
+        policy.set_rules(args, file_rules)?;
+        Ok(policy)
+    }
+
+    /// Sets the rules: the command line's, then `file_rules` (a reload passes
+    /// the file's new contents).
+    pub fn set_rules(&mut self, args: &PolicyArgs, file_rules: Vec<Rule>) -> Result<()> {
+        let flags = args.block.iter().map(|t| (Action::Deny, t)).chain(args.allow.iter().map(|t| (Action::Allow, t)));
+        let mut rules: Vec<Rule> = flags.map(|(action, t)| Rule { action, target: *t, ttl: None }).collect();
+        rules.extend(file_rules);
+        rules::check_conflicts(&rules)?;
+        self.rules = rules;
+        Ok(())
+    }
+
+    /// Whether traffic that no rule matches passes: only in a block list,
+    /// that is a policy with at least one deny rule.
+    pub fn unmatched_pass(&self) -> bool {
+        self.rules.iter().any(|r| r.action == Action::Deny)
     }
 
     /// The interface index for the BPF programs (0 = every interface).
@@ -47,29 +85,35 @@ impl Policy {
         self.iface.as_ref().map_or(0, |(_, index)| *index)
     }
 
-    /// Whether connect() is rejected at once (it is not with --iface: the
-    /// outgoing interface is unknown when connect() is called).
-    pub fn rejects_connect(&self) -> bool {
-        self.iface.is_none()
+    /// Whether connect() and sendto() are rejected at once (not with --silent,
+    /// nor with --iface: the outgoing interface is unknown at connect() time).
+    pub fn rejects_calls(&self) -> bool {
+        self.iface.is_none() && !self.silent
     }
 
-    /// A short human description, e.g. "egress on lo, port 8080".
+    /// A short human description, e.g. "egress traffic on interface lo, port 8080".
     pub fn describe(&self) -> String {
         let dirs = match (self.ingress, self.egress) {
             (true, true) => "ingress+egress",
             (true, false) => "ingress",
             _ => "egress",
         };
-        let iface = self
-            .iface
-            .as_ref()
-            .map_or("every interface".to_string(), |(n, _)| {
-                format!("interface {n}")
-            });
-        let port = self
-            .port
-            .map_or("every port".to_string(), |p| format!("port {p}"));
-        format!("{dirs} traffic on {iface}, {port}")
+        let iface = self.iface.as_ref().map_or("every interface".to_string(), |(n, _)| format!("interface {n}"));
+        let port = self.port.map_or("every port".to_string(), |p| format!("port {p}"));
+        let count = |a| self.rules.iter().filter(|r| r.action == a).count();
+        let (allow, deny) = (count(Action::Allow), count(Action::Deny));
+        let rules = match (allow, deny) {
+            (0, 0) => String::new(),
+            (a, 0) => format!(", except {a} allowed target(s)"),
+            (0, d) => format!(", to or from {d} denied target(s)"),
+            (a, d) => format!(", to or from {d} denied target(s) except {a} allowed"),
+        };
+        let mode = match (self.dry_run, self.silent) {
+            (true, _) => " (dry run: nothing is dropped)",
+            (false, true) => " (silent)",
+            _ => "",
+        };
+        format!("{dirs} traffic on {iface}, {port}{rules}{mode}")
     }
 }
 
@@ -90,7 +134,8 @@ mod tests {
         assert!(p.ingress && p.egress);
         assert_eq!(p.ifindex(), 0);
         assert_eq!(p.port, None);
-        assert!(p.rejects_connect());
+        assert!(p.rejects_calls());
+        assert!(!p.unmatched_pass(), "no rules: everything in scope is dropped");
     }
 
     #[test]
@@ -113,12 +158,9 @@ mod tests {
     fn interface_resolved() {
         let p = policy(&["--iface", "lo"]).unwrap();
         assert_eq!(p.ifindex(), 1);
-        assert!(!p.rejects_connect());
+        assert!(!p.rejects_calls());
         let err = policy(&["--iface", "nosuch0"]).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown interface 'nosuch0'"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown interface 'nosuch0'"), "{err}");
     }
 
     #[test]
@@ -137,16 +179,33 @@ mod tests {
     }
 
     #[test]
+    fn rules_from_flags() {
+        let p = policy(&["--allow", "127.0.0.0/8", "--allow", "::1"]).unwrap();
+        assert_eq!(p.rules.len(), 2);
+        assert!(!p.unmatched_pass(), "allow-only: the rest is dropped");
+        let p = policy(&["--block", "10.0.0.0/8", "--allow", "10.1.0.0/16"]).unwrap();
+        assert!(p.unmatched_pass(), "a block list passes the rest");
+        assert!(policy(&["--block", "10.0.0.0/33"]).is_err());
+        let err = policy(&["--block", "10.0.0.0/8", "--allow", "10.0.0.0/8"]).unwrap_err();
+        assert!(err.to_string().contains("both allowed and denied"), "{err}");
+    }
+
+    #[test]
+    fn silent_does_not_reject_calls() {
+        assert!(!policy(&["--silent"]).unwrap().rejects_calls());
+        assert!(policy(&["--dry-run"]).unwrap().rejects_calls());
+    }
+
+    #[test]
     fn describe_names_what_is_dropped() {
+        assert_eq!(policy(&[]).unwrap().describe(), "ingress+egress traffic on every interface, every port");
         assert_eq!(
-            policy(&[]).unwrap().describe(),
-            "ingress+egress traffic on every interface, every port"
+            policy(&["--egress", "--iface", "lo", "--port", "80"]).unwrap().describe(),
+            "egress traffic on interface lo, port 80"
         );
         assert_eq!(
-            policy(&["--egress", "--iface", "lo", "--port", "80"])
-                .unwrap()
-                .describe(),
-            "egress traffic on interface lo, port 80"
+            policy(&["--block", "10.0.0.0/8", "--dry-run"]).unwrap().describe(),
+            "ingress+egress traffic on every interface, every port, to or from 1 denied target(s) (dry run: nothing is dropped)"
         );
     }
 }

@@ -22,15 +22,11 @@ pub fn missing(caps: u64) -> Vec<&'static str> {
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
-    [
-        (CAP_BPF, "CAP_BPF"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-    ]
-    .into_iter()
-    .filter(|(cap, _)| !has(*cap))
-    .map(|(_, name)| name)
-    .collect()
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Fails with the names of the missing capabilities.
@@ -53,8 +49,7 @@ mod tests {
 
     #[test]
     fn parses_cap_eff() {
-        let status =
-            "Name:\tcat\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
+        let status = "Name:\tcat\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
         assert_eq!(effective_caps(status), Some(0x1ff_ffff_ffff));
         assert_eq!(effective_caps("Name:\tcat\n"), None);
     }
@@ -68,10 +63,7 @@ mod tests {
     #[test]
     fn names_what_is_missing() {
         assert_eq!(missing(0), vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
-        assert_eq!(
-            missing(1 << CAP_BPF | 1 << CAP_PERFMON),
-            vec!["CAP_NET_ADMIN"]
-        );
+        assert_eq!(missing(1 << CAP_BPF | 1 << CAP_PERFMON), vec!["CAP_NET_ADMIN"]);
         assert!(missing(1 << CAP_BPF | 1 << CAP_PERFMON | 1 << CAP_NET_ADMIN).is_empty());
     }
 }

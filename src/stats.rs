@@ -49,11 +49,7 @@ pub fn sum_percpu(values: &[Vec<u8>]) -> Result<cgdrop_counters> {
     for (cpu, raw) in values.iter().enumerate() {
         let mut c = cgdrop_counters::default();
         if plain::copy_from_bytes(&mut c, raw).is_err() {
-            bail!(
-                "stats value of CPU {cpu} is {} bytes, expected {}",
-                raw.len(),
-                size_of::<cgdrop_counters>()
-            );
+            bail!("stats value of CPU {cpu} is {} bytes, expected {}", raw.len(), size_of::<cgdrop_counters>());
         }
         sum.packets += c.packets;
         sum.bytes += c.bytes;
@@ -72,19 +68,11 @@ fn read_slot(map: &impl MapCore, slot: cgdrop_stat_slot) -> Result<cgdrop_counte
 }
 
 fn traffic(c: cgdrop_counters) -> Traffic {
-    Traffic {
-        packets: c.packets,
-        bytes: c.bytes,
-        dropped_packets: c.dropped_packets,
-        dropped_bytes: c.dropped_bytes,
-    }
+    Traffic { packets: c.packets, bytes: c.bytes, dropped_packets: c.dropped_packets, dropped_bytes: c.dropped_bytes }
 }
 
 fn calls(a: cgdrop_counters, b: cgdrop_counters) -> Calls {
-    Calls {
-        attempts: a.packets + b.packets,
-        rejected: a.dropped_packets + b.dropped_packets,
-    }
+    Calls { attempts: a.packets + b.packets, rejected: a.dropped_packets + b.dropped_packets }
 }
 
 /// Reads every slot of the `stats` map.
@@ -93,47 +81,40 @@ pub fn read(map: &impl MapCore) -> Result<Stats> {
     Ok(Stats {
         ingress: traffic(slot(cgdrop_stat_slot::CGDROP_STAT_INGRESS)?),
         egress: traffic(slot(cgdrop_stat_slot::CGDROP_STAT_EGRESS)?),
-        connect: calls(
-            slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT4)?,
-            slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT6)?,
-        ),
-        sendmsg: calls(
-            slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG4)?,
-            slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG6)?,
-        ),
+        connect: calls(slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT4)?, slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT6)?),
+        sendmsg: calls(slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG4)?, slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG6)?),
     })
 }
 
 impl Stats {
     /// The multi-line summary table.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<9} {:>12} {:>14} {:>12} {:>14}\n",
-            "", "packets", "bytes", "dropped", "dropped bytes"
-        );
+        let mut out =
+            format!("{:<9} {:>12} {:>14} {:>12} {:>14}\n", "", "packets", "bytes", "dropped", "dropped bytes");
         for (name, t) in [("ingress", &self.ingress), ("egress", &self.egress)] {
             out += &format!(
                 "{name:<9} {:>12} {:>14} {:>12} {:>14}\n",
                 t.packets, t.bytes, t.dropped_packets, t.dropped_bytes
             );
         }
-        out += &format!(
-            "{:<9} {:>12} attempts, {} rejected with EPERM\n",
-            "connect", self.connect.attempts, self.connect.rejected
-        );
+        for (name, c) in [("connect", &self.connect), ("sendmsg", &self.sendmsg)] {
+            out += &format!("{name:<9} {:>12} attempts, {} rejected with EPERM\n", c.attempts, c.rejected);
+        }
         out
     }
 
     /// One line for the `--interval` report.
     pub fn line(&self) -> String {
         format!(
-            "ingress {}/{} pkts dropped, egress {}/{} pkts dropped, connect {}/{} rejected",
+            "ingress {}/{} pkts dropped, egress {}/{} pkts dropped, connect {}/{} rejected, sendmsg {}/{} rejected",
             self.ingress.dropped_packets,
             self.ingress.packets,
             self.egress.dropped_packets,
             self.egress.packets,
             self.connect.rejected,
-            self.connect.attempts
+            self.connect.attempts,
+            self.sendmsg.rejected,
+            self.sendmsg.attempts
         )
     }
 }
@@ -143,44 +124,19 @@ mod tests {
     use super::*;
 
     fn raw(p: u64, b: u64, dp: u64, db: u64) -> Vec<u8> {
-        [p, b, dp, db]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect()
+        [p, b, dp, db].iter().flat_map(|v| v.to_ne_bytes()).collect()
     }
 
     #[test]
     fn sums_every_cpu() {
-        let sum = sum_percpu(&[
-            raw(1, 100, 1, 100),
-            raw(2, 50, 0, 0),
-            raw(0, 0, 0, 0),
-            raw(7, 1, 3, 1),
-        ])
-        .unwrap();
-        assert_eq!(
-            (
-                sum.packets,
-                sum.bytes,
-                sum.dropped_packets,
-                sum.dropped_bytes
-            ),
-            (10, 151, 4, 101)
-        );
+        let sum = sum_percpu(&[raw(1, 100, 1, 100), raw(2, 50, 0, 0), raw(0, 0, 0, 0), raw(7, 1, 3, 1)]).unwrap();
+        assert_eq!((sum.packets, sum.bytes, sum.dropped_packets, sum.dropped_bytes), (10, 151, 4, 101));
     }
 
     #[test]
     fn no_cpus_is_zero() {
         let sum = sum_percpu(&[]).unwrap();
-        assert_eq!(
-            (
-                sum.packets,
-                sum.bytes,
-                sum.dropped_packets,
-                sum.dropped_bytes
-            ),
-            (0, 0, 0, 0)
-        );
+        assert_eq!((sum.packets, sum.bytes, sum.dropped_packets, sum.dropped_bytes), (0, 0, 0, 0));
     }
 
     #[test]
@@ -192,24 +148,11 @@ mod tests {
     #[test]
     fn json_has_the_documented_shape() {
         let s = Stats {
-            ingress: Traffic {
-                packets: 1,
-                bytes: 2,
-                dropped_packets: 3,
-                dropped_bytes: 4,
-            },
-            connect: Calls {
-                attempts: 5,
-                rejected: 6,
-            },
+            ingress: Traffic { packets: 1, bytes: 2, dropped_packets: 3, dropped_bytes: 4 },
+            connect: Calls { attempts: 5, rejected: 6 },
             ..Stats::default()
         };
-        let json = serde_json::to_value(Summary {
-            cgroup: "/sys/fs/cgroup/x",
-            cgroup_id: 42,
-            stats: s,
-        })
-        .unwrap();
+        let json = serde_json::to_value(Summary { cgroup: "/sys/fs/cgroup/x", cgroup_id: 42, stats: s }).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"cgroup": "/sys/fs/cgroup/x", "cgroup_id": 42,

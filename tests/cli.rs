@@ -11,10 +11,7 @@ use std::{
 use common::{attached_cgdrop_progs, cgroup2_root, skip_unless_root, TestCgroup, CGDROP};
 
 fn cgdrop(args: &[&str]) -> Output {
-    Command::new(CGDROP)
-        .args(args)
-        .output()
-        .expect("run cgdrop")
+    Command::new(CGDROP).args(args).output().expect("run cgdrop")
 }
 
 /// Asserts exit status `code` and a single stderr line `cgdrop: …` containing every `needles`.
@@ -26,11 +23,7 @@ fn assert_error(out: &Output, code: i32, needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "{n:?} not in {stderr:?}");
     }
-    assert!(
-        out.stdout.is_empty(),
-        "nothing on stdout: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// A cgroup v1 directory of this host, if it has any (hybrid hosts do).
@@ -38,8 +31,7 @@ fn cgroup_v1_dir() -> Option<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup")
-            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        (right.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
     })
 }
 
@@ -63,45 +55,18 @@ fn help_lists_the_options() {
     ] {
         assert!(help.contains(opt), "{opt} missing from --help");
     }
-    assert!(
-        help.contains("never rejected at once"),
-        "--iface caveat missing from --help"
-    );
+    assert!(help.contains("never rejected at once"), "--iface caveat missing from --help");
 }
 
 #[test]
 fn usage_errors_exit_2_with_one_line() {
     assert_error(&cgdrop(&[]), 2, &["--cgroup"]);
-    assert_error(
-        &cgdrop(&["--cgroup", "x", "--port", "0"]),
-        2,
-        &["'0'", "--port"],
-    );
-    assert_error(
-        &cgdrop(&["--cgroup", "x", "--port", "65536"]),
-        2,
-        &["'65536'", "--port"],
-    );
-    assert_error(
-        &cgdrop(&["--cgroup", "x", "--port", "http"]),
-        2,
-        &["'http'", "--port"],
-    );
-    assert_error(
-        &cgdrop(&["--cgroup", "x", "--ingress", "--egress"]),
-        2,
-        &["cannot be used with"],
-    );
-    assert_error(
-        &cgdrop(&["--cgroup", "x", "--interval", "0"]),
-        2,
-        &["--interval"],
-    );
-    assert_error(
-        &cgdrop(&["--cgroup", "x", "--frobnicate"]),
-        2,
-        &["--frobnicate"],
-    );
+    assert_error(&cgdrop(&["--cgroup", "x", "--port", "0"]), 2, &["'0'", "--port"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--port", "65536"]), 2, &["'65536'", "--port"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--port", "http"]), 2, &["'http'", "--port"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--ingress", "--egress"]), 2, &["cannot be used with"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--interval", "0"]), 2, &["--interval"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--frobnicate"]), 2, &["--frobnicate"]);
 }
 
 #[test]
@@ -116,25 +81,13 @@ fn unknown_interface() {
 #[test]
 fn missing_cgroup_without_create() {
     let name = format!("cgdrop-test-missing-{}", std::process::id());
-    assert_error(
-        &cgdrop(&["--cgroup", &name]),
-        1,
-        &["does not exist", "--create"],
-    );
+    assert_error(&cgdrop(&["--cgroup", &name]), 1, &["does not exist", "--create"]);
     assert!(!cgroup2_root().join(&name).exists(), "nothing created");
     let abs = cgroup2_root().join(&name);
-    assert_error(
-        &cgdrop(&["--cgroup", abs.to_str().unwrap()]),
-        1,
-        &["does not exist"],
-    );
+    assert_error(&cgdrop(&["--cgroup", abs.to_str().unwrap()]), 1, &["does not exist"]);
     // --create needs an existing parent.
     let nested = format!("{name}/child");
-    assert_error(
-        &cgdrop(&["--cgroup", &nested, "--create"]),
-        1,
-        &["parent", "does not exist"],
-    );
+    assert_error(&cgdrop(&["--cgroup", &nested, "--create"]), 1, &["parent", "does not exist"]);
     assert!(!cgroup2_root().join(&name).exists(), "nothing created");
 }
 
@@ -144,27 +97,15 @@ fn cgroup_v1_directory() {
         eprintln!("skipped: this host has no cgroup v1 hierarchy");
         return;
     };
-    assert_error(
-        &cgdrop(&["--cgroup", v1.to_str().unwrap()]),
-        1,
-        &["cgroup v1", "cgroup2 mount"],
-    );
+    assert_error(&cgdrop(&["--cgroup", v1.to_str().unwrap()]), 1, &["cgroup v1", "cgroup2 mount"]);
 }
 
 #[test]
 fn path_that_is_not_a_cgroup() {
     let dir = std::env::temp_dir();
-    assert_error(
-        &cgdrop(&["--cgroup", dir.to_str().unwrap()]),
-        1,
-        &["is not a cgroup v2 directory", "cgroup2 mount"],
-    );
+    assert_error(&cgdrop(&["--cgroup", dir.to_str().unwrap()]), 1, &["is not a cgroup v2 directory", "cgroup2 mount"]);
     let procs = cgroup2_root().join("cgroup.procs");
-    assert_error(
-        &cgdrop(&["--cgroup", procs.to_str().unwrap()]),
-        1,
-        &["cgroup file, not a cgroup directory"],
-    );
+    assert_error(&cgdrop(&["--cgroup", procs.to_str().unwrap()]), 1, &["cgroup file, not a cgroup directory"]);
     assert_error(&cgdrop(&["--cgroup", "../../etc"]), 1, &["'..'"]);
     // --create under something that is not cgroup2 creates nothing.
     let under_tmp = dir.join(format!("cgdrop-test-notcg-{}", std::process::id()));
@@ -192,11 +133,7 @@ fn unprivileged(args: &[&str]) -> Output {
 
 #[test]
 fn missing_privileges() {
-    let cg = if nix::unistd::geteuid().is_root() {
-        Some(TestCgroup::new("noprivs"))
-    } else {
-        None
-    };
+    let cg = if nix::unistd::geteuid().is_root() { Some(TestCgroup::new("noprivs")) } else { None };
     let path = cg.as_ref().map_or_else(cgroup2_root, |c| c.path.clone());
     let out = unprivileged(&["--cgroup", path.to_str().unwrap()]);
     assert_error(&out, 1, &["missing privileges", "CAP_BPF", "root"]);
@@ -213,10 +150,7 @@ fn non_multi_program_blocks_attach() {
     // A program attached without BPF_F_ALLOW_MULTI (bpftool's default) makes
     // link creation fail with EPERM; cgdrop must say why and leave nothing.
     let cg = TestCgroup::new("exclusive");
-    let pin = PathBuf::from(format!(
-        "/sys/fs/bpf/cgdrop-test-exclusive-{}",
-        std::process::id()
-    ));
+    let pin = PathBuf::from(format!("/sys/fs/bpf/cgdrop-test-exclusive-{}", std::process::id()));
     let _unpin = PinGuard(pin.clone());
     let obj = find_object();
     let load = Command::new("bpftool")
@@ -226,11 +160,7 @@ fn non_multi_program_blocks_attach() {
         .args(["type", "cgroup/skb"])
         .output()
         .unwrap();
-    assert!(
-        load.status.success(),
-        "bpftool prog load: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    assert!(load.status.success(), "bpftool prog load: {}", String::from_utf8_lossy(&load.stderr));
     let attach = Command::new("bpftool")
         .args(["cgroup", "attach"])
         .arg(&cg.path)
@@ -238,37 +168,17 @@ fn non_multi_program_blocks_attach() {
         .arg(&pin)
         .output()
         .unwrap();
-    assert!(
-        attach.status.success(),
-        "bpftool cgroup attach: {}",
-        String::from_utf8_lossy(&attach.stderr)
-    );
+    assert!(attach.status.success(), "bpftool cgroup attach: {}", String::from_utf8_lossy(&attach.stderr));
 
     // bpftool attached a program of cgdrop's own object: it is the only one.
     let before = attached_cgdrop_progs(&cg.path);
     assert_eq!(before.len(), 1, "{before:?}");
 
     let out = cgdrop(&["--cgroup", cg.path.to_str().unwrap(), "--egress"]);
-    assert_error(
-        &out,
-        1,
-        &[
-            "attaching cgdrop_egress",
-            "BPF_F_ALLOW_MULTI",
-            "bpftool cgroup show",
-        ],
-    );
-    assert_eq!(
-        attached_cgdrop_progs(&cg.path),
-        before,
-        "cgdrop left programs attached"
-    );
-    let _ = Command::new("bpftool")
-        .args(["cgroup", "detach"])
-        .arg(&cg.path)
-        .args(["egress", "pinned"])
-        .arg(&pin)
-        .status();
+    assert_error(&out, 1, &["attaching cgdrop_egress", "BPF_F_ALLOW_MULTI", "bpftool cgroup show"]);
+    assert_eq!(attached_cgdrop_progs(&cg.path), before, "cgdrop left programs attached");
+    let _ =
+        Command::new("bpftool").args(["cgroup", "detach"]).arg(&cg.path).args(["egress", "pinned"]).arg(&pin).status();
 }
 
 /// The compiled BPF object libbpf-cargo left in the build directory: any

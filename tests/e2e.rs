@@ -6,10 +6,7 @@ mod common;
 
 use std::{process::Command, thread, time::Duration};
 
-use common::{
-    assert_detached, attached_cgdrop_progs, skip_unless_root, summary, Cgdrop, Probe, TestCgroup,
-    CGDROP,
-};
+use common::{assert_detached, attached_cgdrop_progs, skip_unless_root, summary, Cgdrop, Probe, TestCgroup, CGDROP};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -33,64 +30,77 @@ fn cg_arg(cg: &TestCgroup) -> String {
 fn stop(cgdrop: Cgdrop, cg: &TestCgroup) -> Value {
     cgdrop.signal(Signal::SIGINT);
     let (status, stdout, stderr) = cgdrop.wait();
-    assert!(
-        status.success(),
-        "cgdrop exited with {status}; stderr: {stderr}"
-    );
+    assert!(status.success(), "cgdrop exited with {status}; stderr: {stderr}");
     assert_detached(&cg.path);
     summary(&stdout)
 }
 
-fn udp_egress_case(addr: &str) {
-    let cg = TestCgroup::new(&format!("udp-egress-{}", addr.len()));
-    let cgdrop = Cgdrop::start(&["--cgroup", &cg_arg(&cg), "--egress", "--json"]);
+/// UDP from inside with egress dropped. By default the sendmsg hook rejects
+/// each sendto() with EPERM before a packet exists; with --silent the packets
+/// are built, dropped by the egress program and counted, and the sender sees
+/// no error (a cut cable).
+fn udp_egress_case(addr: &str, silent: bool) {
+    let cg = TestCgroup::new(&format!("udp-egress-{}-{silent}", addr.len()));
+    let mut args = vec!["--cgroup", &cg.path.to_str().unwrap(), "--egress", "--json"];
+    if silent {
+        args.push("--silent");
+    }
+    let cgdrop = Cgdrop::start(&args);
     let (mut receiver, port) = Probe::listen(None, "udp-recv", addr, "2");
 
     let inside = Probe::run(Some(&cg), &["udp-send", addr, &port, "20", "100"]);
-    assert_eq!(
-        inside,
-        json!({"sent": 0, "errors": {"EPERM": 20}}),
-        "sends from inside the cgroup fail with EPERM"
-    );
+    if silent {
+        assert_eq!(inside, json!({"sent": 20, "errors": {}}), "--silent: sends seem to succeed");
+    } else {
+        assert_eq!(inside, json!({"sent": 0, "errors": {"EPERM": 20}}), "sends from inside fail with EPERM");
+    }
     let outside = Probe::run(None, &["udp-send", addr, &port, "20", "100"]);
-    assert_eq!(
-        outside,
-        json!({"sent": 20, "errors": {}}),
-        "a process outside keeps its traffic"
-    );
-    assert_eq!(
-        receiver.next(10),
-        json!({"received": 20}),
-        "only the outside datagrams arrive"
-    );
+    assert_eq!(outside, json!({"sent": 20, "errors": {}}), "a process outside keeps its traffic");
+    assert_eq!(receiver.next(10), json!({"received": 20}), "only the outside datagrams arrive");
 
     let s = stop(cgdrop, &cg);
     let bytes = 20 * (UDP_PAYLOAD + udp_headers(addr));
-    assert_eq!(
-        s["egress"],
-        json!({"packets": 20, "bytes": bytes, "dropped_packets": 20, "dropped_bytes": bytes})
-    );
-    assert_eq!(
-        s["ingress"],
-        json!({"packets": 0, "bytes": 0, "dropped_packets": 0, "dropped_bytes": 0})
-    );
+    if silent {
+        assert_eq!(s["egress"], json!({"packets": 20, "bytes": bytes, "dropped_packets": 20, "dropped_bytes": bytes}));
+        assert_eq!(s["sendmsg"], json!({"attempts": 0, "rejected": 0}), "no sendmsg hook with --silent");
+    } else {
+        assert_eq!(s["egress"], json!({"packets": 0, "bytes": 0, "dropped_packets": 0, "dropped_bytes": 0}));
+        assert_eq!(s["sendmsg"], json!({"attempts": 20, "rejected": 20}));
+    }
+    assert_eq!(s["ingress"], json!({"packets": 0, "bytes": 0, "dropped_packets": 0, "dropped_bytes": 0}));
     assert_eq!(s["cgroup"], json!(cg_arg(&cg)));
 }
 
 #[test]
-fn udp_egress_ipv4_dropped_and_counted_exactly() {
+fn udp_egress_ipv4_rejected_and_counted_exactly() {
     if skip_unless_root() {
         return;
     }
-    udp_egress_case("127.0.0.1");
+    udp_egress_case("127.0.0.1", false);
 }
 
 #[test]
-fn udp_egress_ipv6_dropped_and_counted_exactly() {
+fn udp_egress_ipv6_rejected_and_counted_exactly() {
     if skip_unless_root() {
         return;
     }
-    udp_egress_case("::1");
+    udp_egress_case("::1", false);
+}
+
+#[test]
+fn udp_egress_ipv4_silently_dropped_and_counted_exactly() {
+    if skip_unless_root() {
+        return;
+    }
+    udp_egress_case("127.0.0.1", true);
+}
+
+#[test]
+fn udp_egress_ipv6_silently_dropped_and_counted_exactly() {
+    if skip_unless_root() {
+        return;
+    }
+    udp_egress_case("::1", true);
 }
 
 fn udp_ingress_case(addr: &str) {
@@ -100,39 +110,17 @@ fn udp_ingress_case(addr: &str) {
     let (mut outside_rx, outside_port) = Probe::listen(None, "udp-recv", addr, "2");
 
     let to_inside = Probe::run(None, &["udp-send", addr, &inside_port, "20", "100"]);
-    assert_eq!(
-        to_inside,
-        json!({"sent": 20, "errors": {}}),
-        "the sender outside sees no error"
-    );
+    assert_eq!(to_inside, json!({"sent": 20, "errors": {}}), "the sender outside sees no error");
     let from_inside = Probe::run(Some(&cg), &["udp-send", addr, &outside_port, "20", "100"]);
-    assert_eq!(
-        from_inside,
-        json!({"sent": 20, "errors": {}}),
-        "egress is not filtered with --ingress"
-    );
-    assert_eq!(
-        inside_rx.next(10),
-        json!({"received": 0}),
-        "nothing reaches the socket inside"
-    );
-    assert_eq!(
-        outside_rx.next(10),
-        json!({"received": 20}),
-        "the outside socket gets everything"
-    );
+    assert_eq!(from_inside, json!({"sent": 20, "errors": {}}), "egress is not filtered with --ingress");
+    assert_eq!(inside_rx.next(10), json!({"received": 0}), "nothing reaches the socket inside");
+    assert_eq!(outside_rx.next(10), json!({"received": 20}), "the outside socket gets everything");
 
     let s = stop(cgdrop, &cg);
     let bytes = 20 * (UDP_PAYLOAD + udp_headers(addr));
-    assert_eq!(
-        s["ingress"],
-        json!({"packets": 20, "bytes": bytes, "dropped_packets": 20, "dropped_bytes": bytes})
-    );
+    assert_eq!(s["ingress"], json!({"packets": 20, "bytes": bytes, "dropped_packets": 20, "dropped_bytes": bytes}));
     // The egress program is not attached with --ingress: nothing is counted there.
-    assert_eq!(
-        s["egress"],
-        json!({"packets": 0, "bytes": 0, "dropped_packets": 0, "dropped_bytes": 0})
-    );
+    assert_eq!(s["egress"], json!({"packets": 0, "bytes": 0, "dropped_packets": 0, "dropped_bytes": 0}));
 }
 
 #[test]
@@ -163,15 +151,9 @@ fn tcp_connect_fails_at_once_with_eperm() {
         let inside = Probe::run(Some(&cg), &["tcp-connect", addr, &port, "5"]);
         assert_eq!(inside["result"], "EPERM", "{addr}: {inside}");
         // Fail-fast, not a 127 s SYN retry: anything near a second would be a hang.
-        assert!(
-            inside["ms"].as_f64().unwrap() < 1000.0,
-            "{addr}: connect took {inside}"
-        );
+        assert!(inside["ms"].as_f64().unwrap() < 1000.0, "{addr}: connect took {inside}");
         let outside = Probe::run(None, &["tcp-connect", addr, &port, "5"]);
-        assert_eq!(
-            outside["result"], "ok",
-            "{addr}: a process outside connects: {outside}"
-        );
+        assert_eq!(outside["result"], "ok", "{addr}: a process outside connects: {outside}");
     }
     let s = stop(cgdrop, &cg);
     assert_eq!(s["connect"], json!({"attempts": 2, "rejected": 2}));
@@ -190,11 +172,7 @@ fn tcp_server_inside_case(direction: &str, slot: &str) {
     let s = stop(cgdrop, &cg);
     let dropped = s[slot]["dropped_packets"].as_u64().unwrap();
     assert!(dropped >= 1, "no {slot} packet dropped: {s}");
-    assert_eq!(
-        s[slot]["packets"].as_u64().unwrap(),
-        dropped,
-        "every {slot} packet dropped: {s}"
-    );
+    assert_eq!(s[slot]["packets"].as_u64().unwrap(), dropped, "every {slot} packet dropped: {s}");
 }
 
 #[test]
@@ -232,20 +210,13 @@ fn port_filter_drops_only_that_port() {
     assert_eq!(open_rx.next(10), json!({"received": 10}));
 
     let tcp_open = Probe::run(Some(&cg), &["tcp-connect", "127.0.0.1", &tcp_port, "3"]);
-    assert_eq!(
-        tcp_open["result"], "ok",
-        "TCP to another port connects: {tcp_open}"
-    );
+    assert_eq!(tcp_open["result"], "ok", "TCP to another port connects: {tcp_open}");
     let tcp_blocked = Probe::run(Some(&cg), &["tcp-connect", "127.0.0.1", &blocked, "3"]);
-    assert_eq!(
-        tcp_blocked["result"], "EPERM",
-        "TCP to the filtered port is rejected: {tcp_blocked}"
-    );
+    assert_eq!(tcp_blocked["result"], "EPERM", "TCP to the filtered port is rejected: {tcp_blocked}");
 
     let s = stop(cgdrop, &cg);
-    let bytes = 10 * (UDP_PAYLOAD + IPV4_UDP_HEADERS);
-    assert_eq!(s["egress"]["dropped_packets"], 10, "{s}");
-    assert_eq!(s["egress"]["dropped_bytes"], bytes, "{s}");
+    assert_eq!(s["sendmsg"], json!({"attempts": 20, "rejected": 10}), "{s}");
+    assert_eq!(s["egress"]["dropped_packets"], 0, "rejected before a packet exists: {s}");
     assert_eq!(s["ingress"]["dropped_packets"], 0, "{s}");
     assert_eq!(s["connect"], json!({"attempts": 2, "rejected": 1}));
 }
@@ -257,12 +228,7 @@ fn detaches_on(sig: Signal) {
     progs.sort();
     assert_eq!(
         progs,
-        [
-            "cgdrop_connect4",
-            "cgdrop_connect6",
-            "cgdrop_egress",
-            "cgdrop_ingress"
-        ]
+        ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_ingress", "cgdrop_sendmsg4", "cgdrop_sendmsg6"]
     );
     cgdrop.signal(sig);
     let (status, _, stderr) = cgdrop.wait();
@@ -311,14 +277,7 @@ fn run_command_exit_status_and_created_cgroup_removed() {
     let _cleanup = scopeguard(path.clone());
     let url = format!("http://127.0.0.1:{port}/");
     let out = Command::new(CGDROP)
-        .args([
-            "--cgroup",
-            &name,
-            "--create",
-            "--json",
-            "--run",
-            &format!("curl -sS -m 5 {url}"),
-        ])
+        .args(["--cgroup", &name, "--create", "--json", "--run", &format!("curl -sS -m 5 {url}")])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -327,16 +286,10 @@ fn run_command_exit_status_and_created_cgroup_removed() {
     assert!(stderr.contains("Failed to connect"), "{stderr}");
     let s = summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(s["connect"], json!({"attempts": 1, "rejected": 1}));
-    assert!(
-        !path.exists(),
-        "the cgroup cgdrop created is removed on exit"
-    );
+    assert!(!path.exists(), "the cgroup cgdrop created is removed on exit");
 
     let cg = TestCgroup::new("run-status");
-    let out = Command::new(CGDROP)
-        .args(["--cgroup", &cg_arg(&cg), "--run", "exit 7"])
-        .output()
-        .unwrap();
+    let out = Command::new(CGDROP).args(["--cgroup", &cg_arg(&cg), "--run", "exit 7"]).output().unwrap();
     assert_eq!(out.status.code(), Some(7));
     assert!(cg.path.exists(), "a cgroup cgdrop did not create stays");
     assert_detached(&cg.path);
@@ -348,18 +301,10 @@ fn run_command_is_inside_the_cgroup() {
         return;
     }
     let cg = TestCgroup::new("run-inside");
-    let out = Command::new(CGDROP)
-        .args(["--cgroup", &cg_arg(&cg), "--run", "cat /proc/self/cgroup"])
-        .output()
-        .unwrap();
+    let out = Command::new(CGDROP).args(["--cgroup", &cg_arg(&cg), "--run", "cat /proc/self/cgroup"]).output().unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("0::/") && l.ends_with(&cg.name)),
-        "{stdout}"
-    );
+    assert!(stdout.lines().any(|l| l.starts_with("0::/") && l.ends_with(&cg.name)), "{stdout}");
 }
 
 #[test]
@@ -379,11 +324,7 @@ fn sigterm_stops_the_run_command_then_detaches() {
     assert!(!cg.pids().is_empty(), "the command runs inside the cgroup");
     cgdrop.signal(Signal::SIGTERM);
     let (status, _, stderr) = cgdrop.wait();
-    assert_eq!(
-        status.code(),
-        Some(128 + Signal::SIGTERM as i32),
-        "{stderr}"
-    );
+    assert_eq!(status.code(), Some(128 + Signal::SIGTERM as i32), "{stderr}");
     assert_detached(&cg.path);
     assert!(cg.pids().is_empty(), "the command was stopped");
 }
@@ -395,22 +336,12 @@ fn interval_prints_counters() {
     }
     let cg = TestCgroup::new("interval");
     let out = Command::new(CGDROP)
-        .args([
-            "--cgroup",
-            &cg_arg(&cg),
-            "--interval",
-            "1",
-            "--run",
-            "sleep 2.5",
-        ])
+        .args(["--cgroup", &cg_arg(&cg), "--interval", "1", "--run", "sleep 2.5"])
         .output()
         .unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let reports = stderr
-        .lines()
-        .filter(|l| l.starts_with("cgdrop: ingress "))
-        .count();
+    let reports = stderr.lines().filter(|l| l.starts_with("cgdrop: ingress ")).count();
     assert_eq!(reports, 2, "{stderr}");
 }
 

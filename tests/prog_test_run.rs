@@ -10,9 +10,13 @@ mod common;
 
 use std::mem::MaybeUninit;
 
+use std::time::Duration;
+
 use cgdrop::{
     loader,
     policy::Policy,
+    rulemaps::{self, Installed, RuleMaps},
+    rules::{Action, Rule, Target},
     skel::CgdropSkel,
     stats::{self, Traffic},
 };
@@ -55,30 +59,43 @@ fn icmp() -> Vec<u8> {
     vec![8, 0, 0, 0, 0, 1, 0, 1]
 }
 
-/// Ethernet + IPv4 header (20 bytes) + `l4`.
+/// Ethernet + IPv4 header (20 bytes) from and to 127.0.0.1 + `l4`.
 fn ipv4(proto: u8, frag_off: u16, l4: &[u8]) -> Vec<u8> {
+    ipv4_at("127.0.0.1", proto, frag_off, l4)
+}
+
+/// Ethernet + IPv4 header with `addr` as source and destination (so that
+/// both programs see it as the remote address) + `l4`.
+fn ipv4_at(addr: &str, proto: u8, frag_off: u16, l4: &[u8]) -> Vec<u8> {
+    let addr: std::net::Ipv4Addr = addr.parse().unwrap();
     let total = (20 + l4.len()) as u16;
     let mut p = eth(0x0800);
     p.extend_from_slice(&[0x45, 0]);
     p.extend_from_slice(&total.to_be_bytes());
     p.extend_from_slice(&[0, 1]);
     p.extend_from_slice(&frag_off.to_be_bytes());
-    p.extend_from_slice(&[64, proto, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+    p.extend_from_slice(&[64, proto, 0, 0]);
+    p.extend_from_slice(&addr.octets());
+    p.extend_from_slice(&addr.octets());
     p.extend_from_slice(l4);
     p
 }
 
-/// Ethernet + IPv6 header (40 bytes) + extension headers + `l4`.
+/// Ethernet + IPv6 header (40 bytes) from and to ::1 + extension headers + `l4`.
 fn ipv6(next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+    ipv6_at("::1", next, ext, l4)
+}
+
+/// As `ipv6`, with `addr` as source and destination.
+fn ipv6_at(addr: &str, next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+    let addr: std::net::Ipv6Addr = addr.parse().unwrap();
     let payload = (ext.len() + l4.len()) as u16;
     let mut p = eth(0x86DD);
     p.extend_from_slice(&[0x60, 0, 0, 0]);
     p.extend_from_slice(&payload.to_be_bytes());
     p.extend_from_slice(&[next, 64]);
-    let mut loopback = [0u8; 16];
-    loopback[15] = 1;
-    p.extend_from_slice(&loopback);
-    p.extend_from_slice(&loopback);
+    p.extend_from_slice(&addr.octets());
+    p.extend_from_slice(&addr.octets());
     p.extend_from_slice(ext);
     p.extend_from_slice(l4);
     p
@@ -104,28 +121,44 @@ fn policy(port: Option<u16>, ifindex: u32) -> Policy {
         egress: true,
         iface: (ifindex != 0).then(|| ("test".to_string(), ifindex)),
         port,
+        rules: Vec::new(),
+        rules_file: None,
+        silent: false,
+        dry_run: false,
     }
+}
+
+/// A policy with `rules` (`allow|deny TARGET`, no ttl), no other filter.
+fn with_rules(rules: &[(&str, &str)]) -> Policy {
+    let rules = rules
+        .iter()
+        .map(|(action, t)| Rule {
+            action: if *action == "allow" { Action::Allow } else { Action::Deny },
+            target: t.parse().unwrap(),
+            ttl: None,
+        })
+        .collect();
+    Policy { rules, ..policy(None, 0) }
 }
 
 /// Runs every case through both programs and checks verdicts and counters.
 fn check(policy: &Policy, cases: &[(&str, Vec<u8>, u32)]) {
     let mut object = MaybeUninit::<OpenObject>::uninit();
-    let skel = loader::load(policy, &mut object).expect("load the BPF object");
+    let mut skel = loader::load(policy, &mut object).expect("load the BPF object");
+    loader::apply_rules(&mut skel, &mut Installed::new(), policy).expect("write the rules");
+    run_cases(&skel, cases);
+}
+
+/// Runs every case through both programs of a loaded skeleton; checks
+/// verdicts and that the counters (fresh before) add up.
+fn run_cases(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
     let mut expected = Traffic::default();
     for (name, packet, verdict) in cases {
         for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
             let out = prog
-                .test_run(ProgramInput {
-                    data_in: Some(packet),
-                    ..Default::default()
-                })
+                .test_run(ProgramInput { data_in: Some(packet), ..Default::default() })
                 .unwrap_or_else(|e| panic!("{name}: test run failed: {e}"));
-            assert_eq!(
-                out.return_value,
-                *verdict,
-                "{name}: verdict of {}",
-                prog.name().to_string_lossy()
-            );
+            assert_eq!(out.return_value, *verdict, "{name}: verdict of {}", prog.name().to_string_lossy());
         }
         // The program sees the packet from the IP header on: skb->len excludes Ethernet.
         let len = (packet.len() - 14) as u64;
@@ -136,7 +169,7 @@ fn check(policy: &Policy, cases: &[(&str, Vec<u8>, u32)]) {
             expected.dropped_bytes += len;
         }
     }
-    let got = read_stats(&skel);
+    let got = read_stats(skel);
     assert_eq!(got.ingress, expected, "ingress counters");
     assert_eq!(got.egress, expected, "egress counters");
 }
@@ -172,46 +205,14 @@ fn port_filter_matches_source_or_destination() {
     check(
         &policy(Some(53), 0),
         &[
-            (
-                "ipv4 udp dport 53",
-                ipv4(IPPROTO_UDP, 0, &udp(40000, 53)),
-                DROP,
-            ),
-            (
-                "ipv4 udp sport 53",
-                ipv4(IPPROTO_UDP, 0, &udp(53, 40000)),
-                DROP,
-            ),
-            (
-                "ipv4 udp other port",
-                ipv4(IPPROTO_UDP, 0, &udp(40000, 54)),
-                PASS,
-            ),
-            (
-                "ipv4 tcp dport 53",
-                ipv4(IPPROTO_TCP, 0, &tcp(40000, 53)),
-                DROP,
-            ),
-            (
-                "ipv4 tcp other port",
-                ipv4(IPPROTO_TCP, 0, &tcp(40000, 80)),
-                PASS,
-            ),
-            (
-                "ipv6 udp dport 53",
-                ipv6(IPPROTO_UDP, &[], &udp(40000, 53)),
-                DROP,
-            ),
-            (
-                "ipv6 tcp sport 53",
-                ipv6(IPPROTO_TCP, &[], &tcp(53, 40000)),
-                DROP,
-            ),
-            (
-                "ipv6 tcp other port",
-                ipv6(IPPROTO_TCP, &[], &tcp(40000, 443)),
-                PASS,
-            ),
+            ("ipv4 udp dport 53", ipv4(IPPROTO_UDP, 0, &udp(40000, 53)), DROP),
+            ("ipv4 udp sport 53", ipv4(IPPROTO_UDP, 0, &udp(53, 40000)), DROP),
+            ("ipv4 udp other port", ipv4(IPPROTO_UDP, 0, &udp(40000, 54)), PASS),
+            ("ipv4 tcp dport 53", ipv4(IPPROTO_TCP, 0, &tcp(40000, 53)), DROP),
+            ("ipv4 tcp other port", ipv4(IPPROTO_TCP, 0, &tcp(40000, 80)), PASS),
+            ("ipv6 udp dport 53", ipv6(IPPROTO_UDP, &[], &udp(40000, 53)), DROP),
+            ("ipv6 tcp sport 53", ipv6(IPPROTO_TCP, &[], &tcp(53, 40000)), DROP),
+            ("ipv6 tcp other port", ipv6(IPPROTO_TCP, &[], &tcp(40000, 443)), PASS),
             // Packets without ports never match a port filter.
             ("ipv4 icmp", ipv4(IPPROTO_ICMP, 0, &icmp()), PASS),
             ("ipv6 icmp", ipv6(IPPROTO_ICMPV6, &[], &icmp()), PASS),
@@ -228,42 +229,18 @@ fn port_filter_on_fragments_and_extension_headers() {
         &policy(Some(53), 0),
         &[
             // The first fragment carries the UDP header; later ones have no ports.
-            (
-                "ipv4 first fragment",
-                ipv4(IPPROTO_UDP, IP_MF, &udp(40000, 53)),
-                DROP,
-            ),
-            (
-                "ipv4 non-first fragment",
-                ipv4(IPPROTO_UDP, IP_MF | 1, &udp(40000, 53)),
-                PASS,
-            ),
-            (
-                "ipv6 hop-by-hop then udp 53",
-                ipv6(NEXTHDR_HOP, &hop_by_hop(IPPROTO_UDP), &udp(40000, 53)),
-                DROP,
-            ),
-            (
-                "ipv6 hop-by-hop then udp 54",
-                ipv6(NEXTHDR_HOP, &hop_by_hop(IPPROTO_UDP), &udp(40000, 54)),
-                PASS,
-            ),
+            ("ipv4 first fragment", ipv4(IPPROTO_UDP, IP_MF, &udp(40000, 53)), DROP),
+            ("ipv4 non-first fragment", ipv4(IPPROTO_UDP, IP_MF | 1, &udp(40000, 53)), PASS),
+            ("ipv6 hop-by-hop then udp 53", ipv6(NEXTHDR_HOP, &hop_by_hop(IPPROTO_UDP), &udp(40000, 53)), DROP),
+            ("ipv6 hop-by-hop then udp 54", ipv6(NEXTHDR_HOP, &hop_by_hop(IPPROTO_UDP), &udp(40000, 54)), PASS),
             (
                 "ipv6 first fragment udp 53",
-                ipv6(
-                    NEXTHDR_FRAGMENT,
-                    &fragment(IPPROTO_UDP, 0, true),
-                    &udp(40000, 53),
-                ),
+                ipv6(NEXTHDR_FRAGMENT, &fragment(IPPROTO_UDP, 0, true), &udp(40000, 53)),
                 DROP,
             ),
             (
                 "ipv6 non-first fragment",
-                ipv6(
-                    NEXTHDR_FRAGMENT,
-                    &fragment(IPPROTO_UDP, 10, false),
-                    &udp(40000, 53),
-                ),
+                ipv6(NEXTHDR_FRAGMENT, &fragment(IPPROTO_UDP, 10, false), &udp(40000, 53)),
                 PASS,
             ),
         ],
@@ -291,11 +268,7 @@ fn port_filter_on_truncated_packets_passes() {
             ("ipv6 truncated tcp header", ipv6_cut, PASS),
             ("ipv6 truncated extension header", ext_cut, PASS),
             ("ipv4 ihl past the end", ihl_too_long, PASS),
-            (
-                "not ip",
-                eth(0x0806).into_iter().chain([0; 28]).collect(),
-                PASS,
-            ),
+            ("not ip", eth(0x0806).into_iter().chain([0; 28]).collect(), PASS),
         ],
     );
 }
@@ -306,18 +279,8 @@ fn interface_filter() {
         return;
     }
     // BPF_PROG_TEST_RUN gives the packet the loopback device (ifindex 1).
-    check(
-        &policy(None, 1),
-        &[("udp on lo", ipv4(IPPROTO_UDP, 0, &udp(1, 2)), DROP)],
-    );
-    check(
-        &policy(None, 4242),
-        &[(
-            "udp on another interface",
-            ipv4(IPPROTO_UDP, 0, &udp(1, 2)),
-            PASS,
-        )],
-    );
+    check(&policy(None, 1), &[("udp on lo", ipv4(IPPROTO_UDP, 0, &udp(1, 2)), DROP)]);
+    check(&policy(None, 4242), &[("udp on another interface", ipv4(IPPROTO_UDP, 0, &udp(1, 2)), PASS)]);
 }
 
 #[test]
@@ -325,24 +288,184 @@ fn unselected_direction_passes() {
     if skip_unless_root() {
         return;
     }
-    let egress_only = Policy {
-        ingress: false,
-        ..policy(None, 0)
-    };
+    let egress_only = Policy { ingress: false, ..policy(None, 0) };
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let skel = loader::load(&egress_only, &mut object).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
-        prog.test_run(ProgramInput {
-            data_in: Some(&packet),
-            ..Default::default()
-        })
-        .unwrap()
-        .return_value
+        prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
     };
     assert_eq!(run(&skel.progs.cgdrop_ingress), PASS);
     assert_eq!(run(&skel.progs.cgdrop_egress), DROP);
     let s = read_stats(&skel);
     assert_eq!((s.ingress.packets, s.ingress.dropped_packets), (1, 0));
     assert_eq!((s.egress.packets, s.egress.dropped_packets), (1, 1));
+}
+
+#[test]
+fn longest_prefix_wins() {
+    if skip_unless_root() {
+        return;
+    }
+    let udp = udp(5000, 5000);
+    check(
+        &with_rules(&[("deny", "10.0.0.0/8"), ("allow", "10.1.0.0/16"), ("deny", "10.1.2.0/24")]),
+        &[
+            ("in the /8", ipv4_at("10.2.3.4", IPPROTO_UDP, 0, &udp), DROP),
+            ("in the allowed /16", ipv4_at("10.1.5.5", IPPROTO_UDP, 0, &udp), PASS),
+            ("in the /24 inside the /16", ipv4_at("10.1.2.3", IPPROTO_UDP, 0, &udp), DROP),
+            ("no rule, block list", ipv4_at("11.0.0.1", IPPROTO_UDP, 0, &udp), PASS),
+            ("icmp in the /8", ipv4_at("10.9.9.9", IPPROTO_ICMP, 0, &icmp()), DROP),
+        ],
+    );
+    check(
+        &with_rules(&[("deny", "2001:db8::/32"), ("allow", "2001:db8:1::/48")]),
+        &[
+            ("in the /32", ipv6_at("2001:db8:2::1", IPPROTO_UDP, &[], &udp), DROP),
+            ("in the allowed /48", ipv6_at("2001:db8:1::1", IPPROTO_UDP, &[], &udp), PASS),
+            ("no rule, block list", ipv6_at("2001:db9::1", IPPROTO_UDP, &[], &udp), PASS),
+        ],
+    );
+}
+
+#[test]
+fn port_rule_beats_portless_rule() {
+    if skip_unless_root() {
+        return;
+    }
+    // Source and destination port equal, so that both programs see it as the remote port.
+    check(
+        &with_rules(&[
+            ("deny", "10.0.0.0/8"),
+            ("allow", "10.0.0.0/8:443"),
+            ("deny", "10.1.1.1"),
+            ("allow", "10.0.0.0/8:53"),
+        ]),
+        &[
+            ("port 443 allowed", ipv4_at("10.2.2.2", IPPROTO_TCP, 0, &tcp(443, 443)), PASS),
+            ("port 80 denied", ipv4_at("10.2.2.2", IPPROTO_TCP, 0, &tcp(80, 80)), DROP),
+            ("a /8 with port beats a /32 without", ipv4_at("10.1.1.1", IPPROTO_UDP, 0, &udp(53, 53)), PASS),
+            ("icmp has no port", ipv4_at("10.2.2.2", IPPROTO_ICMP, 0, &icmp()), DROP),
+        ],
+    );
+    check(
+        &with_rules(&[("allow", "[2001:db8::1]:443")]),
+        &[
+            ("allow-only, port hit", ipv6_at("2001:db8::1", IPPROTO_TCP, &[], &tcp(443, 443)), PASS),
+            ("allow-only, port miss", ipv6_at("2001:db8::1", IPPROTO_TCP, &[], &tcp(80, 80)), DROP),
+        ],
+    );
+}
+
+#[test]
+fn allow_only_and_ipv4_mapped() {
+    if skip_unless_root() {
+        return;
+    }
+    let udp = udp(5000, 5000);
+    check(
+        &with_rules(&[("allow", "127.0.0.0/8"), ("allow", "::1")]),
+        &[
+            ("loopback v4", ipv4_at("127.0.0.5", IPPROTO_UDP, 0, &udp), PASS),
+            ("loopback v6", ipv6_at("::1", IPPROTO_UDP, &[], &udp), PASS),
+            ("other v4", ipv4_at("192.0.2.1", IPPROTO_UDP, 0, &udp), DROP),
+            ("other v6", ipv6_at("2001:db8::1", IPPROTO_UDP, &[], &udp), DROP),
+            ("v4-mapped loopback in an IPv6 header", ipv6_at("::ffff:127.0.0.1", IPPROTO_UDP, &[], &udp), PASS),
+            ("v4-mapped other", ipv6_at("::ffff:192.0.2.1", IPPROTO_UDP, &[], &udp), DROP),
+        ],
+    );
+}
+
+#[test]
+fn expired_rules_do_not_match() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = policy(None, 0);
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut skel = loader::load(&p, &mut object).expect("load");
+    let rule = |action, t: &str, ttl| Rule { action, target: t.parse::<Target>().unwrap(), ttl };
+    let rules = [
+        rule(Action::Deny, "10.0.0.0/8", None),
+        // Expired: must not hide the /8 below it.
+        rule(Action::Allow, "10.1.0.0/16", Some(Duration::from_secs(1))),
+        // Expired, and the only rule for 192.0.2.0/24.
+        rule(Action::Deny, "192.0.2.0/24", Some(Duration::from_secs(1))),
+        // Not expired.
+        rule(Action::Allow, "10.2.0.0/16", Some(Duration::from_secs(3600))),
+    ];
+    // Written as if 100 s ago: the 1 s rules expired long since.
+    let then_ns = rulemaps::boot_time_ns().unwrap() - 100_000_000_000;
+    let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
+    let bss = skel.maps.bss_data.as_deref_mut().unwrap();
+    maps.replace(&mut Installed::new(), &rules, then_ns, || {
+        bss.unmatched_pass = 1;
+        Ok(())
+    })
+    .unwrap();
+    let udp = udp(5000, 5000);
+    run_cases(
+        &skel,
+        &[
+            ("expired allow /16 falls back to the /8 deny", ipv4_at("10.1.1.1", IPPROTO_UDP, 0, &udp), DROP),
+            ("expired deny: no rule, block list passes", ipv4_at("192.0.2.7", IPPROTO_UDP, 0, &udp), PASS),
+            ("live allow", ipv4_at("10.2.1.1", IPPROTO_UDP, 0, &udp), PASS),
+        ],
+    );
+}
+
+#[test]
+fn dry_run_counts_but_passes() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = Policy { dry_run: true, ..policy(None, 0) };
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let skel = loader::load(&p, &mut object).expect("load");
+    let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
+    for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+        let out = prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap();
+        assert_eq!(out.return_value, PASS);
+    }
+    let s = read_stats(&skel);
+    assert_eq!((s.ingress.packets, s.ingress.dropped_packets), (1, 1), "counted as dropped");
+    assert_eq!((s.egress.packets, s.egress.dropped_packets), (1, 1), "counted as dropped");
+}
+
+#[test]
+fn silent_egress_drops_with_congestion_notification() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = Policy { silent: true, ..policy(None, 0) };
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let skel = loader::load(&p, &mut object).expect("load");
+    let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
+    let run = |prog: &libbpf_rs::ProgramMut<'_>| {
+        prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
+    };
+    // 2 = drop with congestion notification: UDP senders see no error.
+    assert_eq!(run(&skel.progs.cgdrop_egress), 2);
+    assert_eq!(run(&skel.progs.cgdrop_ingress), DROP);
+}
+
+#[test]
+fn addresses_are_read_from_the_right_header_field() {
+    if skip_unless_root() {
+        return;
+    }
+    // Egress matches the destination, ingress the source: a packet from
+    // 10.0.0.1 to 192.0.2.1 with 10.0.0.0/8 denied.
+    let p = with_rules(&[("deny", "10.0.0.0/8")]);
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut skel = loader::load(&p, &mut object).expect("load");
+    loader::apply_rules(&mut skel, &mut Installed::new(), &p).unwrap();
+    let mut packet = ipv4_at("10.0.0.1", IPPROTO_UDP, 0, &udp(1, 2));
+    let dst: std::net::Ipv4Addr = "192.0.2.1".parse().unwrap();
+    packet[14 + 16..14 + 20].copy_from_slice(&dst.octets());
+    let run = |prog: &libbpf_rs::ProgramMut<'_>| {
+        prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
+    };
+    assert_eq!(run(&skel.progs.cgdrop_ingress), DROP, "ingress: the source is remote");
+    assert_eq!(run(&skel.progs.cgdrop_egress), PASS, "egress: the destination is remote");
 }

@@ -28,12 +28,7 @@ pub fn skip_unless_root() -> bool {
     // Written to the real stderr, not through eprintln!, which libtest
     // captures and hides for passing tests: a skip must be visible.
     let at = std::panic::Location::caller();
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: needs root ({}:{})",
-        at.file(),
-        at.line()
-    );
+    let _ = writeln!(std::io::stderr(), "skipped: needs root ({}:{})", at.file(), at.line());
     true
 }
 
@@ -80,15 +75,9 @@ impl Drop for TestCgroup {
 pub fn remove_cgroup(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while path.exists() && Instant::now() < deadline {
-        for pid in fs::read_to_string(path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
+        for pid in fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default().lines() {
             if let Ok(pid) = pid.trim().parse() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
         if fs::remove_dir(path).is_ok() {
@@ -100,10 +89,7 @@ pub fn remove_cgroup(path: &Path) {
 
 /// Makes `cmd` move itself into `cgroup` between fork and exec.
 pub fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .expect("open cgroup.procs");
+    let procs = fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")).expect("open cgroup.procs");
     // SAFETY: only write(2) on an fd kept open by the closure (it owns `procs`).
     unsafe {
         cmd.pre_exec(move || {
@@ -127,10 +113,7 @@ impl Probe {
     pub fn start(cgroup: Option<&TestCgroup>, args: &[&str]) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netprobe.py");
         let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null());
+        cmd.arg(script).args(args).stdout(Stdio::piped()).stdin(Stdio::null());
         if let Some(cg) = cgroup {
             in_cgroup(&mut cmd, &cg.path);
         }
@@ -168,17 +151,9 @@ impl Probe {
     }
 
     /// Starts a listener (udp-recv/tcp-serve) on an ephemeral port; returns it and the port.
-    pub fn listen(
-        cgroup: Option<&TestCgroup>,
-        kind: &str,
-        addr: &str,
-        secs: &str,
-    ) -> (Self, String) {
+    pub fn listen(cgroup: Option<&TestCgroup>, kind: &str, addr: &str, secs: &str) -> (Self, String) {
         let mut p = Self::start(cgroup, &[kind, addr, "0", secs]);
-        let port = p.next(10)["port"]
-            .as_u64()
-            .expect("listener port")
-            .to_string();
+        let port = p.next(10)["port"].as_u64().expect("listener port").to_string();
         (p, port)
     }
 }
@@ -208,17 +183,10 @@ impl Cgdrop {
             .spawn()
             .expect("spawn cgdrop");
         let stderr_lines = lines_of(child.stderr.take().expect("piped stderr"));
-        let mut me = Self {
-            child,
-            stderr_lines,
-            stderr: String::new(),
-        };
+        let mut me = Self { child, stderr_lines, stderr: String::new() };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !me.stderr.contains("attached to cgroup") {
-            match me
-                .stderr_lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
+            match me.stderr_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => me.stderr += &(line + "\n"),
                 Err(_) => panic!("cgdrop {args:?} did not attach; stderr: {}", me.stderr),
             }
@@ -276,18 +244,8 @@ fn lines_of(stderr: ChildStderr) -> mpsc::Receiver<String> {
 
 /// Names of the cgdrop programs `bpftool cgroup show` lists on `path`.
 pub fn attached_cgdrop_progs(path: &Path) -> Vec<String> {
-    let out = Command::new("bpftool")
-        .arg("cgroup")
-        .arg("show")
-        .arg(path)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool cgroup show {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("bpftool").arg("cgroup").arg("show").arg(path).output().expect("run bpftool");
+    assert!(out.status.success(), "bpftool cgroup show {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().last())
@@ -304,11 +262,7 @@ pub fn assert_detached(path: &Path) {
         if progs.is_empty() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "still attached to {}: {progs:?}",
-            path.display()
-        );
+        assert!(Instant::now() < deadline, "still attached to {}: {progs:?}", path.display());
         thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,0 +1,355 @@
+//! The rule language. A target is `CIDR[:PORT]` (`10.0.0.0/8`, `8.8.8.8:53`,
+//! `2001:db8::/32`, `[2001:db8::1]:443`; a bare address is a /32 or /128;
+//! `::ffff:a.b.c.d` is the IPv4 address). A rule is an action on a target with
+//! an optional time to live. Rules come from `--allow`/`--block` and from rules
+//! files: one `allow|deny TARGET [ttl=DURATION]` per line, `#` comments.
+use std::{
+    fmt, fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    str::FromStr,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// What a rule does to matching traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+/// An address prefix and an optional port: what a rule matches. The address
+/// has its host bits cleared; IPv4-mapped IPv6 prefixes are stored as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub addr: IpAddr,
+    pub prefix: u8,
+    /// 0 = any port.
+    pub port: u16,
+}
+
+/// One rule: action, target, and how long it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    pub target: Target,
+    pub ttl: Option<Duration>,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.addr, self.port) {
+            (IpAddr::V4(a), 0) => write!(f, "{a}/{}", self.prefix),
+            (IpAddr::V4(a), p) => write!(f, "{a}/{}:{p}", self.prefix),
+            (IpAddr::V6(a), 0) => write!(f, "{a}/{}", self.prefix),
+            (IpAddr::V6(a), p) => write!(f, "[{a}/{}]:{p}", self.prefix),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.action, self.target)?;
+        if let Some(ttl) = self.ttl {
+            write!(f, " ttl={}s", ttl.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cidr, port) = split_port(s)?;
+        let (addr, prefix) = match cidr.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (cidr, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("'{addr}' is not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("prefix length '/{p}' is not a number from 0 to {max}")),
+            },
+        };
+        let port = match port {
+            None => 0,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n >= 1 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("port '{p}' is not a number from 1 to 65535")),
+            },
+        };
+        Ok(Target::new(addr, prefix, port))
+    }
+}
+
+/// Splits `ADDR[/N][:PORT]` or `[ADDR[/N]]:PORT`; an IPv6 address without
+/// brackets has no port.
+fn split_port(s: &str) -> Result<(&str, Option<&str>), String> {
+    if s.is_empty() {
+        return Err("empty rule: expected CIDR[:PORT], e.g. 10.0.0.0/8 or [2001:db8::1]:443".into());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return Err(format!("'{s}' is missing its ']': write [IPv6]:PORT"));
+        };
+        return match after {
+            "" => Ok((inside, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((inside, Some(port))),
+                None => Err(format!("unexpected '{after}' after ']' in '{s}': write [IPv6]:PORT")),
+            },
+        };
+    }
+    if s.contains(']') {
+        return Err(format!("'{s}' has a ']' without its '['"));
+    }
+    match s.matches(':').count() {
+        0 => Ok((s, None)),
+        1 => {
+            let (addr, port) = s.split_once(':').unwrap_or((s, ""));
+            Ok((addr, Some(port)))
+        }
+        // An IPv6 address; its port, if any, needs brackets.
+        _ => Ok((s, None)),
+    }
+}
+
+impl Target {
+    /// Builds a target, clearing host bits and turning `::ffff:a.b.c.d/n`
+    /// (n ≥ 96) into the IPv4 prefix it stands for.
+    pub fn new(addr: IpAddr, prefix: u8, port: u16) -> Self {
+        let (addr, prefix) = match addr {
+            IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => {
+                (IpAddr::V4(a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)), prefix - 96)
+            }
+            other => (other, prefix),
+        };
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Self { addr, prefix, port }
+    }
+}
+
+/// Parses `30s`, `5m`, `1h`, `2d`: a whole number and a unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let secs_per = match unit {
+        "s" => 1u64,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "" => return Err(format!("duration '{s}' needs a unit: s, m, h or d (e.g. 30s, 5m)")),
+        _ => return Err(format!("duration '{s}' has an unknown unit '{unit}': use s, m, h or d")),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("duration '{s}' does not start with a whole number"))?;
+    // Ten years is far beyond any sensible TTL and keeps expiry arithmetic in range.
+    const MAX_SECS: u64 = 10 * 365 * 86400;
+    match n.checked_mul(secs_per) {
+        Some(0) => Err(format!("duration '{s}' is zero: omit the ttl for a rule that never expires")),
+        Some(secs) if secs <= MAX_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("duration '{s}' is too long: at most 3650d")),
+    }
+}
+
+/// Parses the text of a rules file; errors name the line.
+pub fn parse_rules(text: &str) -> Result<Vec<Rule>> {
+    let mut rules = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        rules.push(parse_line(line).with_context(|| format!("line {}", i + 1))?);
+    }
+    Ok(rules)
+}
+
+fn parse_line(line: &str) -> Result<Rule> {
+    let mut words = line.split_whitespace();
+    let action = match words.next() {
+        Some("allow") => Action::Allow,
+        Some("deny") => Action::Deny,
+        Some(w) => bail!("'{w}' is not an action: a line is `allow|deny CIDR[:PORT] [ttl=DURATION]`"),
+        None => bail!("empty line"),
+    };
+    let Some(target) = words.next() else { bail!("'{line}' has no target after '{action}'") };
+    let target = Target::from_str(target).map_err(anyhow::Error::msg)?;
+    let ttl = match words.next() {
+        None => None,
+        Some(w) => match w.strip_prefix("ttl=") {
+            Some(d) => Some(parse_duration(d).map_err(anyhow::Error::msg)?),
+            None => bail!("unexpected '{w}': only ttl=DURATION may follow the target"),
+        },
+    };
+    if let Some(extra) = words.next() {
+        bail!("unexpected '{extra}' at the end of the line");
+    }
+    Ok(Rule { action, target, ttl })
+}
+
+/// Reads and parses a rules file.
+pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>> {
+    let bytes = fs::read(path).with_context(|| format!("reading rules file {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("byte {} is not UTF-8 text", e.utf8_error().valid_up_to()))
+        .with_context(|| format!("rules file {}", path.display()))?;
+    parse_rules(&text).with_context(|| format!("rules file {}", path.display()))
+}
+
+/// Refuses a target that is both allowed and denied: which one was meant?
+pub fn check_conflicts(rules: &[Rule]) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for r in rules {
+        if let Some(prev) = seen.insert(r.target, r.action) {
+            if prev != r.action {
+                bail!("{} is both allowed and denied: keep one of the two rules", r.target);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> String {
+        Target::from_str(s).map(|t| t.to_string()).unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    #[test]
+    fn every_target_form() {
+        assert_eq!(t("10.0.0.0/8"), "10.0.0.0/8");
+        assert_eq!(t("8.8.8.8:53"), "8.8.8.8/32:53");
+        assert_eq!(t("8.8.8.8"), "8.8.8.8/32");
+        assert_eq!(t("10.0.0.0/8:443"), "10.0.0.0/8:443");
+        assert_eq!(t("2001:db8::/32"), "2001:db8::/32");
+        assert_eq!(t("[2001:db8::1]:443"), "[2001:db8::1/128]:443");
+        assert_eq!(t("[2001:db8::/32]:443"), "[2001:db8::/32]:443");
+        assert_eq!(t("[::1]"), "::1/128");
+        assert_eq!(t("::1"), "::1/128");
+        assert_eq!(t("0.0.0.0/0"), "0.0.0.0/0");
+        assert_eq!(t("::/0"), "::/0");
+        assert_eq!(t("1.2.3.4:65535"), "1.2.3.4/32:65535");
+    }
+
+    #[test]
+    fn host_bits_are_cleared() {
+        assert_eq!(t("10.1.2.3/8"), "10.0.0.0/8");
+        assert_eq!(t("2001:db8::1/32"), "2001:db8::/32");
+    }
+
+    #[test]
+    fn ipv4_mapped_is_ipv4() {
+        assert_eq!(t("::ffff:1.2.3.4"), "1.2.3.4/32");
+        assert_eq!(t("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+        assert_eq!(t("[::ffff:1.2.3.4]:80"), "1.2.3.4/32:80");
+    }
+
+    #[test]
+    fn malformed_targets() {
+        for (bad, why) in [
+            ("", "empty rule"),
+            ("10.0.0.0/33", "prefix length"),
+            ("2001:db8::/129", "prefix length"),
+            ("10.0.0.0/-1", "prefix length"),
+            ("10.0.0.0/", "prefix length"),
+            ("10.0.0.0/8x", "prefix length"),
+            ("10.0.0.256", "not an IPv4 or IPv6 address"),
+            ("10.0.0", "not an IPv4 or IPv6 address"),
+            ("example.com", "not an IPv4 or IPv6 address"),
+            ("1.2.3.4:0", "port '0'"),
+            ("1.2.3.4:65536", "port '65536'"),
+            ("1.2.3.4:", "port ''"),
+            ("1.2.3.4:+80", "port '+80'"),
+            ("1.2.3.4:80x", "port '80x'"),
+            ("[2001:db8::1:443", "missing its ']'"),
+            ("2001:db8::1]:443", "without its '['"),
+            ("[2001:db8::1]443", "after ']'"),
+            ("[2001:db8::1]:", "port ''"),
+            ("1.2.3.4 ", "not an IPv4 or IPv6 address"),
+        ] {
+            let got = t(bad);
+            assert!(got.starts_with("error: ") && got.contains(why), "{bad:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for s in ["10.0.0.0/8", "8.8.8.8/32:53", "2001:db8::/32", "[2001:db8::1/128]:443", "0.0.0.0/0"] {
+            assert_eq!(t(s), s);
+            assert_eq!(t(&t(s)), s);
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
+        for bad in ["", "30", "s", "1.5h", "-1s", "1w", "0s", "99999999999999999999s", "18446744073709551615d", "3651d"]
+        {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn rules_file() {
+        let text =
+            "# blocked hosts\n\ndeny 10.0.0.0/8\nallow 10.1.0.0/16:443 ttl=5m # for now\n  deny [2001:db8::1]:53\n";
+        let rules = parse_rules(text).unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[0].to_string(), "deny 10.0.0.0/8");
+        assert_eq!(rules[1].to_string(), "allow 10.1.0.0/16:443 ttl=300s");
+        assert_eq!(rules[2].to_string(), "deny [2001:db8::1/128]:53");
+        assert!(parse_rules("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rules_file_errors_name_the_line() {
+        for (text, line, why) in [
+            ("deny 10.0.0.0/8\nblock 1.2.3.4\n", 2, "not an action"),
+            ("\n\nallow\n", 3, "no target"),
+            ("deny 10.0.0.0/33\n", 1, "prefix length"),
+            ("deny 1.2.3.4 ttl=5\n", 1, "needs a unit"),
+            ("deny 1.2.3.4 for=5m\n", 1, "only ttl="),
+            ("deny 1.2.3.4 ttl=5m extra\n", 1, "unexpected 'extra'"),
+        ] {
+            let err = format!("{:#}", parse_rules(text).unwrap_err());
+            assert!(err.starts_with(&format!("line {line}: ")) && err.contains(why), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn conflicting_actions_refused() {
+        let rules = parse_rules("deny 10.0.0.0/8\nallow 10.1.2.3/8\n").unwrap();
+        let err = check_conflicts(&rules).unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/8 is both allowed and denied"), "{err}");
+        check_conflicts(&parse_rules("deny 10.0.0.0/8\ndeny 10.0.0.0/8\nallow 10.0.0.0/8:80\n").unwrap()).unwrap();
+    }
+}
