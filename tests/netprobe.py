@@ -2,17 +2,21 @@
 """Traffic for cgdrop's end-to-end tests: sends and receives real packets on
 loopback and reports, as one JSON line on stdout, what actually happened.
 
-  udp-recv ADDR PORT SECS          bind, print {"port": P}, count datagrams for SECS
+  udp-recv ADDR PORT SECS [MAX]    bind, print {"port": P}, count datagrams for SECS
+                                   (or until MAX have arrived)
   udp-send ADDR PORT COUNT SIZE    send COUNT datagrams of SIZE bytes
   tcp-serve ADDR PORT SECS         listen, print {"port": P}, accept for SECS
   tcp-connect ADDR PORT SECS       one connect() with a timeout, and its time
+  ping ADDR SECS                   one ICMP echo over a raw socket (root), and its time
 
 The test process spawns this script (inside or outside a test cgroup) and reads
 its output; it never joins a test cgroup itself.
 """
 import errno
 import json
+import os
 import socket
+import struct
 import sys
 import time
 
@@ -25,13 +29,13 @@ def say(obj):
     print(json.dumps(obj), flush=True)
 
 
-def udp_recv(addr, port, secs):
+def udp_recv(addr, port, secs, most=None):
     s = socket.socket(family(addr), socket.SOCK_DGRAM)
     s.bind((addr, int(port)))
     say({"port": s.getsockname()[1]})
     deadline = time.monotonic() + float(secs)
     count = 0
-    while True:
+    while most is None or count < int(most):
         left = deadline - time.monotonic()
         if left <= 0:
             break
@@ -96,7 +100,59 @@ def tcp_connect(addr, port, secs):
     say({"result": result, "ms": round(ms, 3)})
 
 
-COMMANDS = {"udp-recv": udp_recv, "udp-send": udp_send, "tcp-serve": tcp_serve, "tcp-connect": tcp_connect}
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(addr, secs):
+    v6 = ":" in addr
+    if v6:
+        # The kernel computes ICMPv6 checksums on raw ICMPv6 sockets.
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        request, reply = 128, 129
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        request, reply = 8, 0
+    ident = os.getpid() & 0xFFFF
+    body = struct.pack("!HH", ident, 1) + b"cgdrop-test"
+    csum = 0 if v6 else checksum(struct.pack("!BBH", request, 0, 0) + body)
+    packet = struct.pack("!BBH", request, 0, csum) + body
+    start = time.monotonic()
+    try:
+        s.sendto(packet, (addr, 0))
+    except OSError as e:
+        say({"result": errno.errorcode.get(e.errno, str(e.errno)), "ms": 0})
+        return
+    deadline = start + float(secs)
+    result = "timeout"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            data = s.recv(65535)
+        except socket.timeout:
+            break
+        icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
+        if len(icmp) >= 8 and icmp[0] == reply and struct.unpack("!H", icmp[4:6])[0] == ident:
+            result = "ok"
+            break
+    say({"result": result, "ms": round((time.monotonic() - start) * 1000, 3)})
+
+
+COMMANDS = {
+    "udp-recv": udp_recv,
+    "udp-send": udp_send,
+    "tcp-serve": tcp_serve,
+    "tcp-connect": tcp_connect,
+    "ping": ping,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
