@@ -206,3 +206,49 @@ impl Drop for PinGuard {
         let _ = fs::remove_file(&self.0);
     }
 }
+
+#[test]
+fn bad_rules_on_the_command_line() {
+    assert_error(&cgdrop(&["--cgroup", "x", "--block", "10.0.0.0/33"]), 2, &["'10.0.0.0/33'", "prefix length"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--allow", "1.2.3.4:0"]), 2, &["port '0'"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--allow", "[2001:db8::1:443"]), 2, &["missing its ']'"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--block", "example.com"]), 2, &["not an IPv4 or IPv6 address"]);
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--block", "10.0.0.0/8", "--allow", "10.0.0.0/8"]),
+        1,
+        &["10.0.0.0/8 is both allowed and denied"],
+    );
+}
+
+/// A rules file in the temp dir, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("cgdrop-test-{name}-{}", std::process::id()));
+        fs::write(&path, bytes).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn bad_rules_files() {
+    let bad_line = TempFile::new("badline", b"# ok so far\ndeny 10.0.0.0/8\nallow 10.1.0.0/16 ttl=5\n");
+    assert_error(
+        &cgdrop(&["--cgroup", "x", "--rules-file", bad_line.0.to_str().unwrap()]),
+        1,
+        &["rules file", "line 3", "needs a unit"],
+    );
+    let garbage = TempFile::new("garbage", &[0xff, 0xfe, 0, 1, 2]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--rules-file", garbage.0.to_str().unwrap()]), 1, &["not UTF-8"]);
+    let missing = std::env::temp_dir().join("cgdrop-test-no-such-rules-file");
+    assert_error(&cgdrop(&["--cgroup", "x", "--rules-file", missing.to_str().unwrap()]), 1, &["reading rules file"]);
+    let ttl_overflow = TempFile::new("overflow", b"deny 1.2.3.4 ttl=99999999999999999999d\n");
+    assert_error(&cgdrop(&["--cgroup", "x", "--rules-file", ttl_overflow.0.to_str().unwrap()]), 1, &["line 1"]);
+}

@@ -112,12 +112,19 @@ impl Probe {
     /// Starts netprobe with `args`, inside `cgroup` if given.
     pub fn start(cgroup: Option<&TestCgroup>, args: &[&str]) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netprobe.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script).args(args).stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut argv = vec!["python3".to_string(), script.to_string_lossy().into_owned()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Self::start_cmd(cgroup, &argv)
+    }
+
+    /// Starts `argv` (which runs netprobe, through a wrapper such as nsenter).
+    pub fn start_cmd(cgroup: Option<&TestCgroup>, argv: &[String]) -> Self {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdout(Stdio::piped()).stdin(Stdio::null());
         if let Some(cg) = cgroup {
             in_cgroup(&mut cmd, &cg.path);
         }
-        let mut child = cmd.spawn().expect("spawn python3 tests/netprobe.py");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -175,7 +182,14 @@ pub struct Cgdrop {
 impl Cgdrop {
     /// Starts cgdrop and waits until it says it is attached (panics otherwise).
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(CGDROP)
+        let argv: Vec<&str> = std::iter::once(CGDROP).chain(args.iter().copied()).collect();
+        Self::start_cmd(&argv)
+    }
+
+    /// As `start`, with the whole command line (cgdrop behind a wrapper such as nsenter).
+    pub fn start_cmd(argv: &[&str]) -> Self {
+        let args = &argv[1..];
+        let mut child = Command::new(argv[0])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -184,14 +198,25 @@ impl Cgdrop {
             .expect("spawn cgdrop");
         let stderr_lines = lines_of(child.stderr.take().expect("piped stderr"));
         let mut me = Self { child, stderr_lines, stderr: String::new() };
+        me.wait_for_stderr("attached to cgroup");
+        me
+    }
+
+    /// Waits (at most 20 s) until cgdrop prints a line containing `needle`
+    /// after what was already read; returns that line.
+    pub fn wait_for_stderr(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !me.stderr.contains("attached to cgroup") {
-            match me.stderr_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => me.stderr += &(line + "\n"),
-                Err(_) => panic!("cgdrop {args:?} did not attach; stderr: {}", me.stderr),
+        loop {
+            match self.stderr_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    self.stderr += &(line.clone() + "\n");
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("cgdrop printed no {needle:?}; stderr: {}", self.stderr),
             }
         }
-        me
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
