@@ -1,9 +1,9 @@
 //! The rules in the kernel: writes `Rule`s into the `rules_v4`/`rules_v6` LPM
 //! tries, swaps a whole rule set with no moment where neither set applies,
 //! and deletes expired rules.
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 use nix::time::{clock_gettime, ClockId};
 
@@ -43,27 +43,80 @@ pub struct RuleMaps<'m, M: MapCore> {
     pub v6: &'m M,
 }
 
-/// What cgdrop wrote into the tries: target → (action, expiry in boot-time ns, 0 = never).
-pub type Installed = HashMap<Target, (Action, u64)>;
+/// What cgdrop wrote into the tries: (target, action, expiry in boot-time
+/// ns or 0 = never), sorted by target, one entry per target. A sorted vector
+/// rather than a hash map: set differences of a million rules are a merge.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Installed(Vec<(Target, Action, u64)>);
+
+impl Installed {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds the set from rules; for a target given twice the later rule wins,
+    /// as it does in the kernel when both are written in order.
+    fn from_rules(rules: &[Rule], now_ns: u64) -> Self {
+        let mut v: Vec<(Target, Action, u64)> = rules
+            .iter()
+            .map(|r| (r.target, r.action, r.ttl.map_or(0, |ttl| now_ns.saturating_add(ttl.as_nanos() as u64))))
+            .collect();
+        // Stable: among equal targets the original order stays, so keep the last.
+        v.sort_by_key(|(t, _, _)| *t);
+        let mut out: Vec<(Target, Action, u64)> = Vec::with_capacity(v.len());
+        for entry in v {
+            match out.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => out.push(entry),
+            }
+        }
+        Self(out)
+    }
+
+    /// Targets in `self` that `other` does not have.
+    fn missing_from<'a>(&'a self, other: &'a Installed) -> impl Iterator<Item = &'a Target> + 'a {
+        let mut theirs = other.0.iter().map(|(t, _, _)| t).peekable();
+        self.0.iter().map(|(t, _, _)| t).filter(move |t| {
+            while theirs.next_if(|o| o < t).is_some() {}
+            theirs.peek() != Some(t)
+        })
+    }
+}
+
+/// Keys and values of one family laid end to end, for a batch update.
+#[derive(Default)]
+struct Batch {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    count: u32,
+}
 
 impl<M: MapCore> RuleMaps<'_, M> {
-    fn put(&self, target: &Target, action: Action, expires_ns: u64) -> Result<()> {
-        let (map, key, prefixlen) = key_of(self, target);
-        let value = cgdrop_rule {
-            expires_ns,
-            action: match action {
-                Action::Allow => cgdrop_action::CGDROP_ACTION_ALLOW.0,
-                Action::Deny => cgdrop_action::CGDROP_ACTION_DENY.0,
-            },
-            prefixlen,
-        };
-        map.update(&key, bytes(&value), MapFlags::ANY)
-            .with_context(|| format!("adding rule {action} {target} to the kernel"))
+    fn map(&self, family: Family) -> &M {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+
+    /// Writes one family's rules with one BPF_MAP_UPDATE_BATCH call: a
+    /// million single updates would spend most of their time in syscalls.
+    fn put_batch(&self, family: Family, batch: &Batch) -> Result<()> {
+        if batch.count == 0 {
+            return Ok(());
+        }
+        let map = self.map(family);
+        let max = map.max_entries();
+        if batch.count > max {
+            bail!("{} {family} rules: the kernel's rule table holds at most {max} per address family", batch.count);
+        }
+        map.update_batch(&batch.keys, &batch.values, batch.count, MapFlags::ANY, MapFlags::ANY)
+            .with_context(|| format!("adding {} {family} rules to the kernel", batch.count))
     }
 
     fn delete(&self, target: &Target) -> Result<()> {
-        let (map, key, _) = key_of(self, target);
-        match map.delete(&key) {
+        let (family, key, _) = key_of(target);
+        match self.map(family).delete(&key) {
             Ok(()) => Ok(()),
             // Already gone (deleted by someone else): the goal is reached.
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
@@ -83,14 +136,24 @@ impl<M: MapCore> RuleMaps<'_, M> {
         now_ns: u64,
         switch_default: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let mut next = Installed::with_capacity(rules.len());
-        for r in rules {
-            let expires_ns = r.ttl.map_or(0, |ttl| now_ns.saturating_add(ttl.as_nanos() as u64));
-            self.put(&r.target, r.action, expires_ns)?;
-            next.insert(r.target, (r.action, expires_ns));
+        let next = Installed::from_rules(rules, now_ns);
+        let mut batches = [Batch::default(), Batch::default()];
+        for (target, action, expires_ns) in &next.0 {
+            let (family, key, prefixlen) = key_of(target);
+            let action = match action {
+                Action::Allow => cgdrop_action::CGDROP_ACTION_ALLOW.0,
+                Action::Deny => cgdrop_action::CGDROP_ACTION_DENY.0,
+            };
+            let value = cgdrop_rule { expires_ns: *expires_ns, action, prefixlen };
+            let batch = &mut batches[family as usize];
+            batch.keys.extend_from_slice(&key);
+            batch.values.extend_from_slice(bytes(&value));
+            batch.count += 1;
         }
+        self.put_batch(Family::V4, &batches[0])?;
+        self.put_batch(Family::V6, &batches[1])?;
         switch_default()?;
-        for target in installed.keys().filter(|t| !next.contains_key(t)) {
+        for target in installed.missing_from(&next) {
             self.delete(target)?;
         }
         *installed = next;
@@ -99,27 +162,93 @@ impl<M: MapCore> RuleMaps<'_, M> {
 
     /// Deletes the rules that expired by `now_ns`; returns how many.
     pub fn sweep_expired(&self, installed: &mut Installed, now_ns: u64) -> Result<usize> {
-        let expired: Vec<Target> =
-            installed.iter().filter(|(_, (_, exp))| *exp != 0 && *exp <= now_ns).map(|(t, _)| *t).collect();
-        for t in &expired {
-            self.delete(t)?;
-            installed.remove(t);
-        }
-        Ok(expired.len())
+        let before = installed.0.len();
+        let mut result = Ok(());
+        installed.0.retain(|(t, _, exp)| {
+            let expired = *exp != 0 && *exp <= now_ns;
+            if expired && result.is_ok() {
+                result = self.delete(t);
+            }
+            !expired
+        });
+        result.map(|()| before - installed.0.len())
     }
 }
 
-/// The trie, key bytes and key prefix length of a target.
-fn key_of<'m, M: MapCore>(maps: &RuleMaps<'m, M>, t: &Target) -> (&'m M, Vec<u8>, u32) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4 = 0,
+    V6 = 1,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// The family, key bytes and key prefix length of a target.
+fn key_of(t: &Target) -> (Family, Vec<u8>, u32) {
     let prefixlen = PORT_BITS + u32::from(t.prefix);
     match t.addr {
         IpAddr::V4(a) => {
             let key = cgdrop_key_v4 { prefixlen, port: t.port.to_be(), addr: a.octets(), pad: [0; 2] };
-            (maps.v4, bytes(&key).to_vec(), prefixlen)
+            (Family::V4, bytes(&key).to_vec(), prefixlen)
         }
         IpAddr::V6(a) => {
             let key = cgdrop_key_v6 { prefixlen, port: t.port.to_be(), addr: a.octets(), pad: [0; 2] };
-            (maps.v6, bytes(&key).to_vec(), prefixlen)
+            (Family::V6, bytes(&key).to_vec(), prefixlen)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(action: Action, t: &str) -> Rule {
+        Rule { action, target: t.parse().unwrap(), ttl: None }
+    }
+
+    #[test]
+    fn later_rule_for_a_target_wins_and_set_is_sorted() {
+        let set = Installed::from_rules(
+            &[rule(Action::Deny, "10.0.0.0/8"), rule(Action::Allow, "1.2.3.4"), rule(Action::Allow, "10.0.0.0/8")],
+            0,
+        );
+        let targets: Vec<String> = set.0.iter().map(|(t, a, _)| format!("{a} {t}")).collect();
+        assert_eq!(targets, ["allow 1.2.3.4/32", "allow 10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn expiry_counts_from_now() {
+        let r = Rule { ttl: Some(std::time::Duration::from_secs(2)), ..rule(Action::Deny, "::1") };
+        assert_eq!(Installed::from_rules(&[r], 1_000).0[0].2, 2_000_001_000);
+        assert_eq!(Installed::from_rules(&[rule(Action::Deny, "::1")], 1_000).0[0].2, 0, "no ttl: never");
+    }
+
+    #[test]
+    fn difference_of_sorted_sets() {
+        let old = Installed::from_rules(
+            &[
+                rule(Action::Deny, "1.1.1.1"),
+                rule(Action::Deny, "2.2.2.2"),
+                rule(Action::Deny, "::1"),
+                rule(Action::Deny, "9.9.9.9"),
+            ],
+            0,
+        );
+        let new = Installed::from_rules(
+            &[rule(Action::Allow, "2.2.2.2"), rule(Action::Deny, "3.3.3.3"), rule(Action::Deny, "::1")],
+            0,
+        );
+        let gone: Vec<String> = old.missing_from(&new).map(|t| t.to_string()).collect();
+        assert_eq!(gone, ["1.1.1.1/32", "9.9.9.9/32"]);
+        assert_eq!(new.missing_from(&new).count(), 0);
+        assert_eq!(Installed::new().missing_from(&old).count(), 0);
+        assert_eq!(old.missing_from(&Installed::new()).count(), 4);
     }
 }
