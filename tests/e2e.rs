@@ -442,3 +442,29 @@ fn reload_under_traffic_leaves_no_gap() {
     let s = stop(cgdrop, &cg);
     assert_eq!(s["sendmsg"], json!({"attempts": 3000, "rejected": 3000}));
 }
+
+#[test]
+fn a_million_rules_load_and_decide() {
+    if skip_unless_root() {
+        return;
+    }
+    // 1,000,000 deny rules for 10.0.0.0/12 host by host, and one for the
+    // local server among them: only that one matches the traffic.
+    let mut text = String::with_capacity(20 * 1_000_000);
+    for i in 0..999_999u32 {
+        text += &format!("deny 10.{}.{}.{}\n", i >> 16, (i >> 8) & 255, i & 255);
+    }
+    text += "deny 127.0.0.2\n";
+    let rules = RulesFile::new("million", &text);
+    let cg = TestCgroup::new("million");
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "60");
+    let (_server2, port2) = Probe::listen(None, "tcp-serve", "127.0.0.2", "60");
+    let cgdrop = Cgdrop::start(&["--cgroup", &cg_arg(&cg), "--rules-file", rules.arg(), "--json"]);
+    assert!(cgdrop.stderr.contains("1000000 denied target(s)"), "{}", cgdrop.stderr);
+    let denied = Probe::run(Some(&cg), &["tcp-connect", "127.0.0.2", &port2, "2"]);
+    assert_eq!(denied["result"], "EPERM", "{denied}");
+    let other = Probe::run(Some(&cg), &["tcp-connect", "127.0.0.1", &port, "2"]);
+    assert_eq!(other["result"], "ok", "a block list passes the rest: {other}");
+    let s = stop(cgdrop, &cg);
+    assert_eq!(s["connect"], json!({"attempts": 2, "rejected": 1}));
+}
