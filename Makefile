@@ -2,7 +2,15 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps test demo vmlinux fmt lint clean
+BINDIR = $(DESTDIR)$(PREFIX)/bin
+MANDIR = $(DESTDIR)$(PREFIX)/share/man/man1
+BASHDIR = $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+ZSHDIR = $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+FISHDIR = $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
+BIN = target/release/cgdrop
+
+.PHONY: all build deps test demo install uninstall vmlinux fmt lint clean
 
 all: build
 
@@ -12,10 +20,33 @@ deps:
 build: deps
 	$(CARGO) build --release --locked
 
-# Unit tests, CLI tests and, as root, the end-to-end and BPF_PROG_TEST_RUN tests.
+# Unit tests, CLI tests and, as root, the end-to-end and BPF_PROG_TEST_RUN
+# tests. The release build is for the `make install` test.
 test: deps
-	$(CARGO) build --locked
+	$(CARGO) build --release --locked
 	$(CARGO) test --locked -- --test-threads=$$(nproc)
+
+# The binary, man page, completions and systemd unit; with CGROUP=… also pins a
+# policy (cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)); without it,
+# pins the programs under /sys/fs/bpf/cgdrop/progs/ for attaching by hand.
+install: build
+	install -D -m 0755 $(BIN) $(BINDIR)/cgdrop
+	install -d $(MANDIR) $(BASHDIR) $(ZSHDIR) $(FISHDIR) $(UNITDIR)
+	$(BIN) manpage > $(MANDIR)/cgdrop.1
+	$(BIN) completions bash > $(BASHDIR)/cgdrop
+	$(BIN) completions zsh > $(ZSHDIR)/_cgdrop
+	$(BIN) completions fish > $(FISHDIR)/cgdrop.fish
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop@.service > $(UNITDIR)/cgdrop@.service
+ifneq ($(CGROUP),)
+	$(BINDIR)/cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)
+else
+	test -e /sys/fs/bpf/cgdrop/progs || $(BINDIR)/cgdrop pin --programs $(CGDROP_FLAGS)
+endif
+
+# Unpins everything cgdrop pinned, then removes what install put in place.
+uninstall:
+	-test ! -x $(BINDIR)/cgdrop || $(BINDIR)/cgdrop unpin --all
+	rm -f $(BINDIR)/cgdrop $(MANDIR)/cgdrop.1 $(BASHDIR)/cgdrop $(ZSHDIR)/_cgdrop $(FISHDIR)/cgdrop.fish $(UNITDIR)/cgdrop@.service
 
 # The README's example: a local server, a request blocked by cgdrop (root).
 demo: build

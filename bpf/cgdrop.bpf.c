@@ -85,6 +85,14 @@ struct {
 	__type(value, struct cgdrop_rule);
 } rules_v6 SEC(".maps");
 
+/* See struct cgdrop_info: bookkeeping for pinned policies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cgdrop_info);
+} info SEC(".maps");
+
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
 	/* IPv4 addresses use the first 4 bytes. First, to keep them 4-byte aligned. */

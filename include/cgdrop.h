@@ -79,4 +79,21 @@ struct cgdrop_rule {
 	__u32 prefixlen;
 };
 
+/* Longest cgroup path a pinned policy records (NUL included). */
+enum cgdrop_limits {
+	CGDROP_PATH_MAX = 4080,
+};
+
+/*
+ * Value of the one-entry `info` map. The programs never read it: a pinned
+ * policy keeps there the cgroup it was made for, so that `status` and
+ * `unpin` can name it after the cgroup itself is gone.
+ */
+struct cgdrop_info {
+	__u64 cgroup_id;
+	/* CLOCK_REALTIME seconds when the policy was pinned. */
+	__u64 pinned_at;
+	char cgroup_path[CGDROP_PATH_MAX];
+};
+
 #endif /* __CGDROP_H */

@@ -139,6 +139,11 @@ impl Cgroup {
         }
     }
 
+    /// Keeps the directory on drop even if cgdrop created it (a pinned policy needs it).
+    pub fn keep(&mut self) {
+        self.created = false;
+    }
+
     /// `cgroup.procs`: writing a pid (or "0" for the writer) moves that process in.
     pub fn procs_path(&self) -> PathBuf {
         self.path.join("cgroup.procs")

@@ -1,28 +1,43 @@
 //! The command line, as clap types only. `--help` comes from these doc
 //! comments; validation beyond what clap checks happens in `policy` and `cgroup`.
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{error::ErrorKind, ArgGroup, Args, Parser};
+use clap::{error::ErrorKind, ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::rules::Target;
+use crate::rules::{parse_duration, Target};
 
 /// Drop the network traffic of every process of one cgroup v2, with eBPF.
 ///
-/// cgdrop attaches BPF programs to the cgroup and keeps them attached until it
-/// exits (Ctrl-C, SIGTERM, or when the --run command exits), then prints what
-/// it counted. Programs apply to the cgroup's descendants too. Sockets keep the
-/// cgroup they were created in: a process moved into the cgroup keeps its old
-/// sockets unfiltered.
+/// Without a subcommand, cgdrop attaches BPF programs to the cgroup and keeps
+/// them attached until it exits (Ctrl-C, SIGTERM, or when the --run command
+/// exits), then prints what it counted. `cgdrop pin` leaves a policy attached
+/// after cgdrop exits. Programs apply to the cgroup's descendants too. Sockets
+/// keep the cgroup they were created in: a process moved into the cgroup keeps
+/// its old sockets unfiltered.
 #[derive(Debug, Parser)]
-#[command(name = "cgdrop", version)]
+#[command(name = "cgdrop", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub foreground: ForegroundArgs,
+
+    /// Show libbpf's log, including the verifier's, on stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+/// Foreground mode: attached while cgdrop runs.
+#[derive(Debug, Args)]
+pub struct ForegroundArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
     /// The cgroup: an absolute path inside a cgroup2 mount, or a path relative
     /// to the cgroup2 root (for example `myapp` or `system.slice/foo.service`).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    pub cgroup: Option<PathBuf>,
 
     /// Create the cgroup if it does not exist (and remove it on exit).
     #[arg(long)]
@@ -40,10 +55,129 @@ pub struct Cli {
     /// Print the summary as one JSON object on stdout instead of a table on stderr.
     #[arg(long)]
     pub json: bool,
+}
 
-    /// Show libbpf's log, including the verifier's, on stderr.
-    #[arg(long, short)]
-    pub verbose: bool,
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach a policy and pin it under bpffs (/sys/fs/bpf/cgdrop/<cgroup-id>/):
+    /// it stays attached after cgdrop exits, until `cgdrop unpin`.
+    Pin(PinArgs),
+    /// Detach and remove cgdrop's pinned policy of a cgroup (or all of them).
+    /// Programs that other tools attached are never touched.
+    Unpin(UnpinArgs),
+    /// List the pinned policies: cgroup, configuration, rules, counters, health.
+    Status {
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the counters of pinned policies.
+    Stats(StatsArgs),
+    /// Add, delete or list the rules of a pinned policy, live.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) on stdout.
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["cgroup", "programs"])))]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// The cgroup (as for foreground mode).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Create the cgroup if it does not exist (it stays after cgdrop exits).
+    #[arg(long, requires = "cgroup")]
+    pub create: bool,
+
+    /// Swap the cgroup's pinned policy for this one in place: each hook's
+    /// program is replaced atomically, so no packet passes unfiltered.
+    #[arg(long, requires = "cgroup")]
+    pub replace: bool,
+
+    /// Attach nothing: pin the loaded programs under /sys/fs/bpf/cgdrop/progs/
+    /// for attaching by hand (`bpftool cgroup attach CGROUP egress pinned
+    /// /sys/fs/bpf/cgdrop/progs/egress`).
+    #[arg(long, conflicts_with_all = ["cgroup", "create", "replace"])]
+    pub programs: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["cgroup", "all"])))]
+pub struct UnpinArgs {
+    /// The cgroup whose policy to remove; a removed cgroup's path works too.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Every policy cgdrop pinned, and the programs of `pin --programs`.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only this cgroup's policy.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// One JSON array on stdout.
+    #[arg(long, conflicts_with = "prometheus")]
+    pub json: bool,
+
+    /// Prometheus text format (for node_exporter's textfile collector).
+    #[arg(long)]
+    pub prometheus: bool,
+
+    /// Redraw every SECS seconds with per-second rates, until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["json", "prometheus"])]
+    pub watch: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Add a rule to a pinned policy; it applies from the next packet on.
+    Add {
+        #[arg(long, value_name = "PATH")]
+        cgroup: PathBuf,
+        /// allow or deny.
+        action: RuleAction,
+        /// CIDR[:PORT], as for --block and --allow.
+        rule: Target,
+        /// Remove the rule after DURATION (30s, 5m, 1h, 2d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Delete a rule from a pinned policy.
+    Del {
+        #[arg(long, value_name = "PATH")]
+        cgroup: PathBuf,
+        /// `[allow|deny] RULE`: the action, if given, must be the rule's.
+        #[arg(num_args = 1..=2, required = true, value_name = "RULE")]
+        words: Vec<String>,
+    },
+    /// List the rules of a pinned policy, with the time each has left.
+    List {
+        #[arg(long, value_name = "PATH")]
+        cgroup: PathBuf,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuleAction {
+    Allow,
+    Deny,
 }
 
 /// What to drop: directions, interface, port.
@@ -116,4 +250,18 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
     eprintln!("cgdrop: {msg} (see 'cgdrop --help')");
     ExitCode::from(2)
+}
+
+/// `cgdrop completions SHELL`: the completion script on stdout.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "cgdrop", &mut std::io::stdout());
+    Ok(())
+}
+
+/// The man page (roff) on stdout, from the same definition as --help.
+pub fn manpage() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+    Ok(())
 }

@@ -22,7 +22,7 @@ use signal_hook::{
 
 use crate::{
     cgroup::{self, Cgroup},
-    cli::{Cli, PolicyArgs},
+    cli::{ForegroundArgs, PolicyArgs},
     loader,
     policy::Policy,
     privileges,
@@ -45,11 +45,12 @@ enum Event {
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs foreground mode; returns the exit status (the --run command's, or 0).
-pub fn run(cli: &Cli) -> Result<u8> {
+pub fn run(cli: &ForegroundArgs, verbose: bool) -> Result<u8> {
     let mut policy = Policy::from_args(&cli.policy)?;
-    let location = cgroup::locate(&cli.cgroup, cli.create)?;
+    let cgroup_arg = cli.cgroup.as_deref().context("--cgroup is required")?;
+    let location = cgroup::locate(cgroup_arg, cli.create)?;
     privileges::check()?;
-    loader::set_verbose(cli.verbose);
+    loader::set_verbose(verbose);
     let cgroup = Cgroup::open(location)?;
 
     let (tx, rx) = mpsc::channel();

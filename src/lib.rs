@@ -4,12 +4,17 @@
 //! → `loader` (skeleton open, rodata, load, rules written by `rulemaps`,
 //! attach) → links held by `foreground` → counters read back by `stats`.
 //! `cgroup` finds and checks the cgroup; `privileges` checks capabilities up front.
+//! Persistent policies: `pin` (pin, replace, unpin, open pinned), `rulecmd`
+//! (live rule changes), `report` (status, stats, Prometheus).
 pub mod cgroup;
 pub mod cli;
 pub mod foreground;
 pub mod loader;
+pub mod pin;
 pub mod policy;
 pub mod privileges;
+pub mod report;
+pub mod rulecmd;
 pub mod rulemaps;
 pub mod rules;
 pub mod stats;
@@ -22,5 +27,16 @@ pub mod skel {
 
 /// Runs the command line; returns the process exit status.
 pub fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
-    foreground::run(cli)
+    use cli::Command;
+    let ok = |r: anyhow::Result<()>| r.map(|()| 0);
+    match &cli.command {
+        None => foreground::run(&cli.foreground, cli.verbose),
+        Some(Command::Pin(args)) => ok(pin::pin(args, cli.verbose)),
+        Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all)),
+        Some(Command::Status { json }) => ok(report::status(*json)),
+        Some(Command::Stats(args)) => ok(report::stats(args)),
+        Some(Command::Rule { command }) => ok(rulecmd::run(command)),
+        Some(Command::Completions { shell }) => ok(cli::completions(*shell)),
+        Some(Command::Manpage) => ok(cli::manpage()),
+    }
 }

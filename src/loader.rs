@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    ErrorKind, Link, OpenObject, PrintLevel,
+    ErrorKind, Link, OpenObject, PrintLevel, ProgramMut,
 };
 
 use crate::{
@@ -79,44 +79,89 @@ pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) ->
     })
 }
 
-/// Attaches the programs the policy needs to `cgroup`. On error, the links
-/// made so far are dropped, so nothing stays attached.
-pub fn attach(skel: &CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy) -> Result<Vec<Link>> {
-    let progs = &skel.progs;
-    let mut wanted = Vec::new();
-    if policy.ingress {
-        wanted.push(("cgdrop_ingress", &progs.cgdrop_ingress));
-    }
-    if policy.egress {
-        wanted.push(("cgdrop_egress", &progs.cgdrop_egress));
-    }
-    // --silent turns the fail-fast hooks off; sendmsg is only rejected when
-    // egress is dropped, so without egress it has nothing to do.
-    if !policy.silent {
-        wanted.push(("cgdrop_connect4", &progs.cgdrop_connect4));
-        wanted.push(("cgdrop_connect6", &progs.cgdrop_connect6));
-        if policy.egress {
-            wanted.push(("cgdrop_sendmsg4", &progs.cgdrop_sendmsg4));
-            wanted.push(("cgdrop_sendmsg6", &progs.cgdrop_sendmsg6));
+/// A cgroup hook cgdrop attaches to, and the program it attaches there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Ingress,
+    Egress,
+    Connect4,
+    Connect6,
+    Sendmsg4,
+    Sendmsg6,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 6] =
+        [Hook::Ingress, Hook::Egress, Hook::Connect4, Hook::Connect6, Hook::Sendmsg4, Hook::Sendmsg6];
+
+    /// Short name: pin file names (`link_<name>`) and `pin --programs` names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+            Hook::Connect4 => "connect4",
+            Hook::Connect6 => "connect6",
+            Hook::Sendmsg4 => "sendmsg4",
+            Hook::Sendmsg6 => "sendmsg6",
         }
     }
 
-    wanted
-        .into_iter()
-        .map(|(name, prog)| {
-            prog.attach_cgroup(cgroup.raw_fd()).map_err(|e| {
-                let what = format!("attaching {name} to cgroup {}", cgroup.path.display());
-                if e.kind() == ErrorKind::PermissionDenied {
-                    // Privileges were checked up front: EPERM from link creation
-                    // means an exclusive (non-multi) attachment is in the way.
-                    anyhow!(
-                        "{what}: operation not permitted: another program is attached to this cgroup without BPF_F_ALLOW_MULTI; detach it (see `bpftool cgroup show {}`)",
-                        cgroup.path.display()
-                    )
-                } else {
-                    anyhow::Error::new(e).context(what)
-                }
-            })
-        })
-        .collect()
+    pub fn program<'s, 'obj>(self, skel: &'s CgdropSkel<'obj>) -> &'s ProgramMut<'obj> {
+        let p = &skel.progs;
+        match self {
+            Hook::Ingress => &p.cgdrop_ingress,
+            Hook::Egress => &p.cgdrop_egress,
+            Hook::Connect4 => &p.cgdrop_connect4,
+            Hook::Connect6 => &p.cgdrop_connect6,
+            Hook::Sendmsg4 => &p.cgdrop_sendmsg4,
+            Hook::Sendmsg6 => &p.cgdrop_sendmsg6,
+        }
+    }
+
+    /// The hooks a policy with these settings attaches to. --silent turns the
+    /// fail-fast hooks off; sendmsg is only rejected when egress is dropped.
+    pub fn wanted(ingress: bool, egress: bool, silent: bool) -> Vec<Hook> {
+        let mut hooks = Vec::new();
+        if ingress {
+            hooks.push(Hook::Ingress);
+        }
+        if egress {
+            hooks.push(Hook::Egress);
+        }
+        if !silent {
+            hooks.extend([Hook::Connect4, Hook::Connect6]);
+            if egress {
+                hooks.extend([Hook::Sendmsg4, Hook::Sendmsg6]);
+            }
+        }
+        hooks
+    }
+
+    pub fn for_policy(policy: &Policy) -> Vec<Hook> {
+        Self::wanted(policy.ingress, policy.egress, policy.silent)
+    }
+}
+
+/// Attaches one hook's program to `cgroup` with a bpf_link.
+pub fn attach_hook(skel: &CgdropSkel<'_>, hook: Hook, cgroup: &Cgroup) -> Result<Link> {
+    let name = hook.program(skel).name().to_string_lossy().into_owned();
+    hook.program(skel).attach_cgroup(cgroup.raw_fd()).map_err(|e| {
+        let what = format!("attaching {name} to cgroup {}", cgroup.path.display());
+        if e.kind() == ErrorKind::PermissionDenied {
+            // Privileges were checked up front: EPERM from link creation
+            // means an exclusive (non-multi) attachment is in the way.
+            anyhow!(
+                "{what}: operation not permitted: another program is attached to this cgroup without BPF_F_ALLOW_MULTI; detach it (see `bpftool cgroup show {}`)",
+                cgroup.path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(what)
+        }
+    })
+}
+
+/// Attaches the programs the policy needs to `cgroup`. On error, the links
+/// made so far are dropped, so nothing stays attached.
+pub fn attach(skel: &CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy) -> Result<Vec<(Hook, Link)>> {
+    Hook::for_policy(policy).into_iter().map(|hook| Ok((hook, attach_hook(skel, hook, cgroup)?))).collect()
 }

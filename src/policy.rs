@@ -125,7 +125,7 @@ mod tests {
 
     fn policy(args: &[&str]) -> Result<Policy> {
         let cli = Cli::try_parse_from(["cgdrop", "--cgroup", "x"].iter().chain(args))?;
-        Policy::with_resolver(&cli.policy, |n| (n == "lo").then_some(1))
+        Policy::with_resolver(&cli.foreground.policy, |n| (n == "lo").then_some(1))
     }
 
     #[test]

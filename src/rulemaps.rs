@@ -47,7 +47,7 @@ pub struct RuleMaps<'m, M: MapCore> {
 /// ns or 0 = never), sorted by target, one entry per target. A sorted vector
 /// rather than a hash map: set differences of a million rules are a merge.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Installed(Vec<(Target, Action, u64)>);
+pub struct Installed(pub Vec<(Target, Action, u64)>);
 
 impl Installed {
     pub fn new() -> Self {
@@ -114,7 +114,38 @@ impl<M: MapCore> RuleMaps<'_, M> {
             .with_context(|| format!("adding {} {family} rules to the kernel", batch.count))
     }
 
-    fn delete(&self, target: &Target) -> Result<()> {
+    /// Adds or overwrites one rule.
+    pub fn put(&self, target: &Target, action: Action, expires_ns: u64) -> Result<()> {
+        let (family, key, prefixlen) = key_of(target);
+        let value = cgdrop_rule { expires_ns, action: action_value(action), prefixlen };
+        self.map(family)
+            .update(&key, bytes(&value), MapFlags::ANY)
+            .with_context(|| format!("adding rule {action} {target} to the kernel"))
+    }
+
+    /// The rule for exactly this target, if any: (action, expiry ns).
+    pub fn get(&self, target: &Target) -> Result<Option<(Action, u64)>> {
+        let (family, key, _) = key_of(target);
+        let raw = self.map(family).lookup(&key, MapFlags::ANY).with_context(|| format!("looking up rule {target}"))?;
+        raw.map(|raw| decode_value(&raw)).transpose()
+    }
+
+    /// Every rule in the tries, sorted by target.
+    pub fn read_all(&self) -> Result<Installed> {
+        let mut out = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            let map = self.map(family);
+            for key in map.keys() {
+                let Some(raw) = map.lookup(&key, MapFlags::ANY).context("reading a rule")? else { continue };
+                let (action, expires_ns) = decode_value(&raw)?;
+                out.push((decode_key(family, &key)?, action, expires_ns));
+            }
+        }
+        out.sort_by_key(|(t, _, _)| *t);
+        Ok(Installed(out))
+    }
+
+    pub fn delete(&self, target: &Target) -> Result<()> {
         let (family, key, _) = key_of(target);
         match self.map(family).delete(&key) {
             Ok(()) => Ok(()),
@@ -140,11 +171,7 @@ impl<M: MapCore> RuleMaps<'_, M> {
         let mut batches = [Batch::default(), Batch::default()];
         for (target, action, expires_ns) in &next.0 {
             let (family, key, prefixlen) = key_of(target);
-            let action = match action {
-                Action::Allow => cgdrop_action::CGDROP_ACTION_ALLOW.0,
-                Action::Deny => cgdrop_action::CGDROP_ACTION_DENY.0,
-            };
-            let value = cgdrop_rule { expires_ns: *expires_ns, action, prefixlen };
+            let value = cgdrop_rule { expires_ns: *expires_ns, action: action_value(*action), prefixlen };
             let batch = &mut batches[family as usize];
             batch.keys.extend_from_slice(&key);
             batch.values.extend_from_slice(bytes(&value));
@@ -188,6 +215,43 @@ impl std::fmt::Display for Family {
             Family::V6 => "IPv6",
         })
     }
+}
+
+fn action_value(action: Action) -> u32 {
+    match action {
+        Action::Allow => cgdrop_action::CGDROP_ACTION_ALLOW.0,
+        Action::Deny => cgdrop_action::CGDROP_ACTION_DENY.0,
+    }
+}
+
+fn decode_value(raw: &[u8]) -> Result<(Action, u64)> {
+    let mut v = cgdrop_rule::default();
+    plain::copy_from_bytes(&mut v, raw).map_err(|_| anyhow::anyhow!("a rule value has {} bytes", raw.len()))?;
+    let action = match cgdrop_action(v.action) {
+        cgdrop_action::CGDROP_ACTION_ALLOW => Action::Allow,
+        cgdrop_action::CGDROP_ACTION_DENY => Action::Deny,
+        other => bail!("a rule has the unknown action {}", other.0),
+    };
+    Ok((action, v.expires_ns))
+}
+
+/// The target a trie key stands for (the inverse of `key_of`).
+fn decode_key(family: Family, raw: &[u8]) -> Result<Target> {
+    let bad = || anyhow::anyhow!("a {family} rule key has {} bytes", raw.len());
+    let (prefixlen, port, addr) = match family {
+        Family::V4 => {
+            let mut k = cgdrop_key_v4::default();
+            plain::copy_from_bytes(&mut k, raw).map_err(|_| bad())?;
+            (k.prefixlen, k.port, IpAddr::from(k.addr))
+        }
+        Family::V6 => {
+            let mut k = cgdrop_key_v6::default();
+            plain::copy_from_bytes(&mut k, raw).map_err(|_| bad())?;
+            (k.prefixlen, k.port, IpAddr::from(k.addr))
+        }
+    };
+    let prefix = prefixlen.checked_sub(PORT_BITS).and_then(|p| u8::try_from(p).ok()).ok_or_else(bad)?;
+    Ok(Target::new(addr, prefix, u16::from_be(port)))
 }
 
 /// The family, key bytes and key prefix length of a target.
@@ -250,5 +314,28 @@ mod tests {
         assert_eq!(new.missing_from(&new).count(), 0);
         assert_eq!(Installed::new().missing_from(&old).count(), 0);
         assert_eq!(old.missing_from(&Installed::new()).count(), 4);
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_decode_to_their_target() {
+        for t in ["10.0.0.0/8", "8.8.8.8/32:53", "2001:db8::/32", "[2001:db8::1/128]:443", "0.0.0.0/0", "::/0"] {
+            let target: Target = t.parse().unwrap();
+            let (family, key, prefixlen) = key_of(&target);
+            assert_eq!(prefixlen, 16 + u32::from(target.prefix));
+            assert_eq!(decode_key(family, &key).unwrap(), target, "{t}");
+        }
+    }
+
+    #[test]
+    fn values_decode_to_their_action() {
+        let v = cgdrop_rule { expires_ns: 42, action: action_value(Action::Deny), prefixlen: 48 };
+        assert_eq!(decode_value(bytes(&v)).unwrap(), (Action::Deny, 42));
+        let bad = cgdrop_rule { action: 7, ..v };
+        assert!(decode_value(bytes(&bad)).is_err());
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
 };
 
@@ -152,7 +152,7 @@ fn non_multi_program_blocks_attach() {
     let cg = TestCgroup::new("exclusive");
     let pin = PathBuf::from(format!("/sys/fs/bpf/cgdrop-test-exclusive-{}", std::process::id()));
     let _unpin = PinGuard(pin.clone());
-    let obj = find_object();
+    let obj = common::bpf_object();
     let load = Command::new("bpftool")
         .args(["prog", "load"])
         .arg(&obj)
@@ -179,24 +179,6 @@ fn non_multi_program_blocks_attach() {
     assert_eq!(attached_cgdrop_progs(&cg.path), before, "cgdrop left programs attached");
     let _ =
         Command::new("bpftool").args(["cgroup", "detach"]).arg(&cg.path).args(["egress", "pinned"]).arg(&pin).status();
-}
-
-/// The compiled BPF object libbpf-cargo left in the build directory: any
-/// cgroup_skb program will do for bpftool to attach exclusively.
-fn find_object() -> PathBuf {
-    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let mut stack = vec![build];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "cgdrop.bpf.o") {
-                return p;
-            }
-        }
-    }
-    panic!("no cgdrop.bpf.o under target/");
 }
 
 struct PinGuard(PathBuf);

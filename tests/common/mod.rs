@@ -296,3 +296,20 @@ pub fn assert_detached(path: &Path) {
 pub fn summary(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary {stdout:?}: {e}"))
 }
+
+/// The compiled BPF object build.rs keeps in the build directory, for tests
+/// that load it with bpftool as another tool would.
+pub fn bpf_object() -> PathBuf {
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("target")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "cgdrop.bpf.o") {
+                return p;
+            }
+        }
+    }
+    panic!("no cgdrop.bpf.o under target/");
+}

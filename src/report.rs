@@ -1,0 +1,321 @@
+//! `cgdrop status` and `cgdrop stats`: pinned policies shown as text, JSON,
+//! Prometheus text exposition, or a live view with per-second rates.
+use std::{
+    fmt::Write as _,
+    io::IsTerminal,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::{
+    cli::StatsArgs,
+    pin::{Config, Pinned},
+    privileges, rulecmd,
+    rules::Action,
+    stats::{self, Stats},
+};
+
+#[derive(Serialize)]
+struct PolicyJson {
+    ingress: bool,
+    egress: bool,
+    /// Interface name (when it still exists) and index; null = every interface.
+    iface: Option<String>,
+    ifindex: u32,
+    /// null = every port.
+    port: Option<u16>,
+    silent: bool,
+    dry_run: bool,
+    /// What traffic no rule matches gets: "drop" or "pass".
+    unmatched: &'static str,
+    allow_rules: usize,
+    deny_rules: usize,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    cgroup: String,
+    cgroup_id: u64,
+    #[serde(flatten)]
+    stats: Stats,
+    policy: PolicyJson,
+    health: String,
+    pin_dir: String,
+    pinned_at: u64,
+}
+
+fn iface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as nix::libc::c_char; nix::libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let ret = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if ret.is_null() {
+        return None;
+    }
+    let bytes: Vec<u8> = buf.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn describe(c: &Config, unmatched_pass: bool, allow: usize, deny: usize) -> String {
+    let dirs = match (c.ingress, c.egress) {
+        (true, true) => "ingress+egress",
+        (true, false) => "ingress",
+        _ => "egress",
+    };
+    let iface = match c.ifindex {
+        0 => "every interface".to_string(),
+        i => format!("interface {} (index {i})", iface_name(i).unwrap_or_else(|| "?".into())),
+    };
+    let port = if c.port == 0 { "every port".to_string() } else { format!("port {}", c.port) };
+    let mut s = format!(
+        "{dirs} on {iface}, {port}; {allow} allow and {deny} deny rules; unmatched traffic {}",
+        if unmatched_pass { "passes" } else { "is dropped" }
+    );
+    if c.silent {
+        s += "; silent";
+    }
+    if c.dry_run {
+        s += "; dry run";
+    }
+    s
+}
+
+fn age(pinned_at: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{} ago", rulecmd::format_secs(now.saturating_sub(pinned_at)))
+}
+
+/// `cgdrop status [--json]`.
+pub fn status(json: bool) -> Result<()> {
+    privileges::check()?;
+    let mut out = Vec::new();
+    for p in Pinned::list()? {
+        let config = p.config()?;
+        let rules = rulecmd::live_rules(&p)?;
+        let count = |a| rules.0.iter().filter(|(_, action, _)| *action == a).count();
+        let unmatched_pass = p.unmatched_pass()?;
+        out.push((
+            describe(&config, unmatched_pass, count(Action::Allow), count(Action::Deny)),
+            StatusJson {
+                cgroup: p.cgroup_path.clone(),
+                cgroup_id: p.id,
+                stats: stats::read(&p.stats)?,
+                policy: PolicyJson {
+                    ingress: config.ingress,
+                    egress: config.egress,
+                    iface: (config.ifindex != 0).then(|| iface_name(config.ifindex)).flatten(),
+                    ifindex: config.ifindex,
+                    port: (config.port != 0).then_some(config.port),
+                    silent: config.silent,
+                    dry_run: config.dry_run,
+                    unmatched: if unmatched_pass { "pass" } else { "drop" },
+                    allow_rules: count(Action::Allow),
+                    deny_rules: count(Action::Deny),
+                },
+                health: p.health()?.to_string(),
+                pin_dir: p.dir.to_string_lossy().into_owned(),
+                pinned_at: p.pinned_at,
+            },
+        ));
+    }
+    if json {
+        let all: Vec<&StatusJson> = out.iter().map(|(_, s)| s).collect();
+        println!("{}", serde_json::to_string(&all)?);
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("no pinned cgdrop policies");
+    }
+    for (desc, s) in &out {
+        println!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
+        println!("  policy: {desc}");
+        println!("  pinned: {} {}", s.pin_dir, age(s.pinned_at));
+        for line in s.stats.table().lines() {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+fn selected(cgroup: Option<&Path>) -> Result<Vec<Pinned>> {
+    match cgroup {
+        Some(c) => Ok(vec![Pinned::find(c)?]),
+        None => Pinned::list(),
+    }
+}
+
+/// `cgdrop stats`.
+pub fn stats(args: &StatsArgs) -> Result<()> {
+    privileges::check()?;
+    let policies = selected(args.cgroup.as_deref())?;
+    if let Some(secs) = args.watch {
+        return watch(&policies, Duration::from_secs(secs));
+    }
+    let mut rows = Vec::new();
+    for p in &policies {
+        rows.push((p, stats::read(&p.stats)?));
+    }
+    if args.json {
+        let all: Vec<stats::Summary<'_>> =
+            rows.iter().map(|(p, s)| stats::Summary { cgroup: &p.cgroup_path, cgroup_id: p.id, stats: *s }).collect();
+        println!("{}", serde_json::to_string(&all)?);
+    } else if args.prometheus {
+        print!("{}", prometheus(&rows.iter().map(|(p, s)| (p.cgroup_path.as_str(), s)).collect::<Vec<_>>()));
+    } else {
+        for (p, s) in &rows {
+            println!("{} (id {})", p.cgroup_path, p.id);
+            print!("{}", s.table());
+        }
+    }
+    Ok(())
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One metric family: its samples per cgroup are two labelled values.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    /// The label that tells the two samples apart.
+    label: &'static str,
+    samples: fn(&Stats) -> [(&'static str, u64); 2],
+}
+
+const FAMILIES: [Family; 6] = [
+    Family {
+        name: "cgdrop_packets_total",
+        help: "Packets the cgdrop programs saw.",
+        label: "direction",
+        samples: |s| [("ingress", s.ingress.packets), ("egress", s.egress.packets)],
+    },
+    Family {
+        name: "cgdrop_bytes_total",
+        help: "Bytes the cgdrop programs saw.",
+        label: "direction",
+        samples: |s| [("ingress", s.ingress.bytes), ("egress", s.egress.bytes)],
+    },
+    Family {
+        name: "cgdrop_dropped_packets_total",
+        help: "Packets cgdrop dropped.",
+        label: "direction",
+        samples: |s| [("ingress", s.ingress.dropped_packets), ("egress", s.egress.dropped_packets)],
+    },
+    Family {
+        name: "cgdrop_dropped_bytes_total",
+        help: "Bytes cgdrop dropped.",
+        label: "direction",
+        samples: |s| [("ingress", s.ingress.dropped_bytes), ("egress", s.egress.dropped_bytes)],
+    },
+    Family {
+        name: "cgdrop_calls_total",
+        help: "connect() and unconnected sendmsg() calls the cgdrop hooks saw.",
+        label: "hook",
+        samples: |s| [("connect", s.connect.attempts), ("sendmsg", s.sendmsg.attempts)],
+    },
+    Family {
+        name: "cgdrop_rejected_calls_total",
+        help: "Calls cgdrop rejected with EPERM.",
+        label: "hook",
+        samples: |s| [("connect", s.connect.rejected), ("sendmsg", s.sendmsg.rejected)],
+    },
+];
+
+/// The text exposition format: counters labelled with the cgroup.
+pub fn prometheus(rows: &[(&str, &Stats)]) -> String {
+    let mut out = String::new();
+    for f in &FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", f.name, f.help, f.name);
+        for (cgroup, s) in rows {
+            for (which, v) in (f.samples)(s) {
+                let _ = writeln!(out, "{}{{cgroup=\"{}\",{}=\"{which}\"}} {v}", f.name, label(cgroup), f.label);
+            }
+        }
+    }
+    out
+}
+
+/// Redraws the counters with per-second rates every `interval` until SIGINT/SIGTERM.
+fn watch(policies: &[Pinned], interval: Duration) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut previous: Vec<(Stats, Instant)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut screen = String::new();
+        let mut current = Vec::new();
+        for (i, p) in policies.iter().enumerate() {
+            let s = stats::read(&p.stats)?;
+            let now = Instant::now();
+            let _ = writeln!(screen, "{} (id {})", p.cgroup_path, p.id);
+            screen += &s.table();
+            if let Some((before, at)) = previous.get(i) {
+                let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
+                let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+                let _ = writeln!(
+                    screen,
+                    "{:<9} {:>12.1} pkt/s dropped in, {:.1} pkt/s dropped out, {:.1} calls/s rejected",
+                    "rates",
+                    rate(s.ingress.dropped_packets, before.ingress.dropped_packets),
+                    rate(s.egress.dropped_packets, before.egress.dropped_packets),
+                    rate(s.connect.rejected + s.sendmsg.rejected, before.connect.rejected + before.sendmsg.rejected)
+                );
+            }
+            current.push((s, now));
+        }
+        if tty {
+            // Home and clear: redraw in place.
+            print!("\x1b[H\x1b[2J{screen}");
+        } else {
+            print!("{screen}");
+        }
+        previous = current;
+        let deadline = Instant::now() + interval;
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Calls, Traffic};
+
+    #[test]
+    fn prometheus_text_format() {
+        let s = Stats {
+            egress: Traffic { packets: 10, bytes: 1000, dropped_packets: 4, dropped_bytes: 400 },
+            connect: Calls { attempts: 3, rejected: 2 },
+            ..Stats::default()
+        };
+        let text = prometheus(&[("/sys/fs/cgroup/a\"b", &s)]);
+        assert!(text.contains("# TYPE cgdrop_packets_total counter\n"), "{text}");
+        assert!(
+            text.contains("cgdrop_packets_total{cgroup=\"/sys/fs/cgroup/a\\\"b\",direction=\"egress\"} 10\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cgdrop_dropped_bytes_total{cgroup=\"/sys/fs/cgroup/a\\\"b\",direction=\"egress\"} 400\n")
+        );
+        assert!(text.contains("cgdrop_rejected_calls_total{cgroup=\"/sys/fs/cgroup/a\\\"b\",hook=\"connect\"} 2\n"));
+        // Every sample line is `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap();
+        }
+    }
+}
