@@ -122,8 +122,8 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    let unmatched = if p.unmatched_pass()? { "pass" } else { "dropped" };
-    println!("# {}: {} rules; traffic no rule matches is {unmatched}", p.cgroup_path, rules.0.len());
+    let unmatched = if p.unmatched_pass()? { "passes" } else { "is dropped" };
+    println!("# {}: {} rules; traffic no rule matches {unmatched}", p.cgroup_path, rules.0.len());
     for (t, a, exp) in &rules.0 {
         let ttl = left(*exp).map_or("never expires".to_string(), |s| format!("expires in {}", format_secs(s)));
         println!("{a:<5} {:<44} {ttl}", t.to_string());
