@@ -428,4 +428,16 @@ int cgdrop_sendmsg6(struct bpf_sock_addr *ctx)
 	return sock_addr_verdict(ctx, CGDROP_STAT_SENDMSG6, 6);
 }
 
+/*
+ * Deliberately invalid: egress programs must return 0-3, so the verifier
+ * rejects it. The '?' keeps libbpf from loading it, unless the environment
+ * variable CGDROP_SELFTEST_REJECTED_PROGRAM asks for it: the tests use it to
+ * check how cgdrop reports a verifier rejection.
+ */
+SEC("?cgroup_skb/egress")
+int cgdrop_selftest(struct __sk_buff *skb)
+{
+	return 7;
+}
+
 char LICENSE[] SEC("license") = "GPL";

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first example, end to end on loopback (run as root, by `make demo`):
-# a local HTTP server, a request that succeeds, the same request from a cgroup
-# under cgdrop failing at once, and cgdrop's counters. Cleans up after itself.
+# a local HTTP server, a request that succeeds, the same request under
+# `cgdrop run` failing at once, and cgdrop's counters. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CGDROP:-./target/release/cgdrop}
@@ -12,13 +12,14 @@ server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 
-echo "== without cgdrop: curl http://127.0.0.1:$port/"
-curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total}s\n' "http://127.0.0.1:$port/"
+url="http://127.0.0.1:$port/"
+echo "== without cgdrop: curl $url"
+curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total}s\n' "$url"
 
-echo "== with cgdrop: the same request from a fresh cgroup"
+echo "== with cgdrop: $bin run -- curl $url"
 set +e
-"$bin" --cgroup cgdrop-demo --create --run "curl -sS -o /dev/null -m 5 -w 'HTTP %{http_code} in %{time_total}s\n' http://127.0.0.1:$port/"
+"$bin" run -- curl -sS -o /dev/null -m 5 -w 'HTTP %{http_code} in %{time_total}s\n' "$url"
 status=$?
 set -e
-echo "== curl exited with $status (7: could not connect), at once rather than after a time-out"
+echo "== curl exited with $status (7: could not connect) at once, not after a time-out"
 [ "$status" -eq 7 ]

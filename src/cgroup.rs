@@ -149,6 +149,36 @@ impl Cgroup {
         self.path.join("cgroup.procs")
     }
 
+    /// Kills every process in the cgroup (through cgroup.kill where the kernel
+    /// has it, else SIGKILL to each pid) and waits until it is empty. Only for
+    /// cgroups cgdrop created for its own command (`cgdrop run`).
+    pub fn kill_all(&self) -> Result<()> {
+        let kill_file = self.path.join("cgroup.kill");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let pids: Vec<i32> = fs::read_to_string(self.procs_path())
+                .with_context(|| format!("reading {}", self.procs_path().display()))?
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("processes {pids:?} of cgroup {} did not exit after SIGKILL", self.path.display());
+            }
+            if kill_file.exists() {
+                fs::write(&kill_file, "1").with_context(|| format!("writing {}", kill_file.display()))?;
+            } else {
+                for pid in pids {
+                    // Gone already is fine: that is the goal.
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Whether the cgroup directory still exists (it can be removed while attached).
     pub fn exists(&self) -> bool {
         self.path.join("cgroup.procs").exists()

@@ -59,6 +59,10 @@ pub struct ForegroundArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run CMD in a fresh cgroup under the policy (with no policy flags:
+    /// everything dropped), then kill what it left, remove the cgroup and exit
+    /// with CMD's status.
+    Run(RunArgs),
     /// Attach a policy and pin it under bpffs (/sys/fs/bpf/cgdrop/<cgroup-id>/):
     /// it stays attached after cgdrop exits, until `cgdrop unpin`.
     Pin(PinArgs),
@@ -83,6 +87,29 @@ pub enum Command {
     /// Print the man page (roff) on stdout.
     #[command(hide = true)]
     Manpage,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// Print the summary as one JSON object on stdout instead of a table on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run CMD as USER (a name or a uid), with that user's groups; cgdrop
+    /// itself stays root.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Print the counters every SECS seconds while CMD runs.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: Option<u64>,
+
+    /// The command and its arguments, after `--` (run as given, no shell).
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 //! Data flows one way: `cli` → validated `policy::Policy` (with `rules` parsed)
 //! → `loader` (skeleton open, rodata, load, rules written by `rulemaps`,
 //! attach) → links held by `foreground` → counters read back by `stats`.
-//! `cgroup` finds and checks the cgroup; `privileges` checks capabilities up front.
+//! `cgroup` finds and checks the cgroup; `preflight` checks capabilities, kernel and BTF up front.
 //! Persistent policies: `pin` (pin, replace, unpin, open pinned), `rulecmd`
 //! (live rule changes), `report` (status, stats, Prometheus).
 pub mod cgroup;
@@ -12,7 +12,7 @@ pub mod foreground;
 pub mod loader;
 pub mod pin;
 pub mod policy;
-pub mod privileges;
+pub mod preflight;
 pub mod report;
 pub mod rulecmd;
 pub mod rulemaps;
@@ -31,6 +31,7 @@ pub fn run(cli: &cli::Cli) -> anyhow::Result<u8> {
     let ok = |r: anyhow::Result<()>| r.map(|()| 0);
     match &cli.command {
         None => foreground::run(&cli.foreground, cli.verbose),
+        Some(Command::Run(args)) => foreground::run_command(args, cli.verbose),
         Some(Command::Pin(args)) => ok(pin::pin(args, cli.verbose)),
         Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all)),
         Some(Command::Status { json }) => ok(report::status(*json)),

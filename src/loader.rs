@@ -70,12 +70,14 @@ pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) ->
         modes |= cgdrop_mode::CGDROP_MODE_DRY_RUN.0;
     }
     rodata.cfg_modes = cgdrop_mode(modes);
+    if std::env::var_os("CGDROP_SELFTEST_REJECTED_PROGRAM").is_some() {
+        // Only to test the error path: a program the verifier refuses.
+        open.progs.cgdrop_selftest.set_autoload(true);
+    }
     open.load().map_err(|e| {
-        let hint = match e.kind() {
-            ErrorKind::PermissionDenied => "the kernel refused a program (verifier rejection or missing privileges); run with --verbose to see libbpf's log and the verifier's",
-            _ => "run with --verbose to see libbpf's log",
-        };
-        anyhow::Error::new(e).context(format!("loading the BPF programs failed ({hint})"))
+        anyhow!(
+            "loading the BPF programs into the kernel failed ({e}): the verifier or the kernel refused a program; run with --verbose to see libbpf's and the verifier's log"
+        )
     })
 }
 

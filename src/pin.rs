@@ -28,7 +28,7 @@ use crate::{
     cli::PinArgs,
     loader::{self, Hook},
     policy::Policy,
-    privileges,
+    preflight,
     rulemaps::Installed,
     skel::{
         types::{cgdrop_direction, cgdrop_info, cgdrop_mode, rodata},
@@ -69,6 +69,7 @@ fn prepare_root() -> Result<PathBuf> {
             None::<&str>,
         )
         .with_context(|| format!("mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"))?;
+        eprintln!("cgdrop: mounted bpffs at {BPFFS} (it was not mounted)");
     }
     let root = cgdrop_root();
     if !root.exists() {
@@ -158,13 +159,13 @@ fn write_info(skel: &CgdropSkel<'_>, cgroup: &Cgroup) -> Result<()> {
 pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
     let policy = Policy::from_args(&args.policy)?;
     if args.programs {
-        privileges::check()?;
+        preflight::check()?;
         loader::set_verbose(verbose);
         return pin_programs(&policy);
     }
     let arg = args.cgroup.as_deref().context("--cgroup or --programs is required")?;
     let location = cgroup::locate(arg, args.create)?;
-    privileges::check()?;
+    preflight::check()?;
     loader::set_verbose(verbose);
     let root = prepare_root()?;
     let mut cgroup = Cgroup::open(location)?;
@@ -461,7 +462,7 @@ impl Pinned {
 
 /// `cgdrop unpin`: removes one policy directory, or all of cgdrop's pins.
 pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
-    privileges::check()?;
+    preflight::check()?;
     if all {
         let root = cgdrop_root();
         if !root.exists() {

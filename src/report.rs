@@ -19,7 +19,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::{
     cli::StatsArgs,
     pin::{Config, Pinned},
-    privileges, rulecmd,
+    preflight, rulecmd,
     rules::Action,
     stats::{self, Stats},
 };
@@ -95,7 +95,7 @@ fn age(pinned_at: u64) -> String {
 
 /// `cgdrop status [--json]`.
 pub fn status(json: bool) -> Result<()> {
-    privileges::check()?;
+    preflight::check()?;
     let mut out = Vec::new();
     for p in Pinned::list()? {
         let config = p.config()?;
@@ -154,7 +154,7 @@ fn selected(cgroup: Option<&Path>) -> Result<Vec<Pinned>> {
 
 /// `cgdrop stats`.
 pub fn stats(args: &StatsArgs) -> Result<()> {
-    privileges::check()?;
+    preflight::check()?;
     let policies = selected(args.cgroup.as_deref())?;
     if let Some(secs) = args.watch {
         return watch(&policies, Duration::from_secs(secs));

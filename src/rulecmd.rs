@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{
     cli::{RuleAction, RuleCommand},
     pin::Pinned,
-    privileges,
+    preflight,
     rulemaps::{self, Installed, RuleMaps},
     rules::{Action, Target},
 };
@@ -38,7 +38,7 @@ impl From<RuleAction> for Action {
 }
 
 pub fn run(command: &RuleCommand) -> Result<()> {
-    privileges::check()?;
+    preflight::check()?;
     match command {
         RuleCommand::Add { cgroup, action, rule, ttl } => add(cgroup, (*action).into(), rule, *ttl),
         RuleCommand::Del { cgroup, words } => del(cgroup, words),
