@@ -151,6 +151,22 @@ fn non_terminal_live_output() {
 }
 
 #[test]
+fn terminal_live_view_redraws_in_place() {
+    if skip_unless_root() {
+        return;
+    }
+    // script(1) gives cgdrop a terminal and copies what it draws.
+    let cmdline = format!("{CGDROP} run --interval 1 -- sleep 2.3");
+    let out = Command::new("script").args(["-qc", &cmdline, "/dev/null"]).output().expect("script (util-linux)");
+    assert!(out.status.success());
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("cgdrop: attached for 1s"), "{screen}");
+    // The second report moves back over the four lines of the first and clears them.
+    let redraw = screen.find("\x1b[4A\x1b[Jcgdrop: attached for 2s").unwrap_or_else(|| panic!("no redraw: {screen:?}"));
+    assert!(screen[..redraw].contains("connect  0 of 0 rejected   sendmsg 0 of 0 rejected"), "{screen}");
+}
+
+#[test]
 fn completions_for_each_shell() {
     for (shell, marker) in [("bash", "_cgdrop()"), ("zsh", "#compdef cgdrop"), ("fish", "complete -c cgdrop")] {
         let out = Command::new(CGDROP).args(["completions", shell]).output().unwrap();
