@@ -10,7 +10,7 @@ FISHDIR = $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
 BIN = target/release/cgdrop
 
-.PHONY: all build deps test demo install uninstall vmlinux fmt lint clean
+.PHONY: all build deps test demo bench install uninstall vmlinux fmt lint clean
 
 all: build
 
@@ -47,6 +47,12 @@ endif
 uninstall:
 	-test ! -x $(BINDIR)/cgdrop || $(BINDIR)/cgdrop unpin --all
 	rm -f $(BINDIR)/cgdrop $(MANDIR)/cgdrop.1 $(BASHDIR)/cgdrop $(ZSHDIR)/_cgdrop $(FISHDIR)/cgdrop.fish $(UNITDIR)/cgdrop@.service
+
+# Benchmarks against baselines in the same run (root); writes bench/RESULTS.md.
+bench: deps
+	scripts/deps.sh bench
+	$(CARGO) build --release --locked
+	$(CARGO) bench --locked --bench cgdrop -- bench/RESULTS.md
 
 # The README's example: a local server, a request blocked by cgdrop (root).
 demo: build

@@ -61,6 +61,13 @@ const volatile enum cgdrop_action cfg_actions = 0;
  * the rules.
  */
 __u32 unmatched_pass = 0;
+/*
+ * Set by userspace, never lower than the tries need: whether they may hold
+ * any rule, and any rule with a port. The lookups (and, without a port
+ * filter, the packet parsing) are skipped when they cannot match.
+ */
+__u32 has_rules = 0;
+__u32 has_port_rules = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -95,9 +102,8 @@ struct {
 
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
-	/* IPv4 addresses use the first 4 bytes. First, to keep them 4-byte aligned. */
-	__u8 saddr[16];
-	__u8 daddr[16];
+	/* The remote address (egress: destination; ingress: source); IPv4 uses 4 bytes. */
+	__u8 addr[16];
 	__u16 sport;
 	__u16 dport;
 	/* 4, 6, or 0 when the IP header could not be read. */
@@ -190,6 +196,10 @@ static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 po
 	__u64 now = 0;
 	__u32 action = 0;
 
+	if (!has_rules)
+		return !unmatched_pass;
+	if (!has_port_rules)
+		port = 0;
 	if (family == 6 && v4_mapped(addr)) {
 		family = 4;
 		addr += 12;
@@ -213,63 +223,72 @@ static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 po
 }
 
 /*
- * Copies len bytes found off bytes after the network header into buf. Direct
- * packet access reads only the linear part of the skb; headers in paged data
- * (GRO'd or zero-copy packets) need bpf_skb_load_bytes.
+ * Headers are read in place when they are in the linear part of the skb
+ * (direct packet access: no copy); headers in paged data (GRO'd or zero-copy
+ * packets) are copied out with bpf_skb_load_bytes instead.
  */
-static __always_inline int read_hdr(struct __sk_buff *skb, __u32 off, void *buf, __u32 len)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+#define HDR(skb, off, type, copy)                                                          \
+	({                                                                                 \
+		void *data_ = (void *)(long)(skb)->data;                                   \
+		void *end_ = (void *)(long)(skb)->data_end;                                \
+		type *h_ = data_ + (off);                                                  \
+		if ((void *)(h_ + 1) > end_)                                               \
+			h_ = bpf_skb_load_bytes((skb), (off), &(copy), sizeof(type)) ? NULL \
+										   : &(copy); \
+		h_;                                                                        \
+	})
 
-	if (off <= 256 && data + off + len <= data_end) {
-		__builtin_memcpy(buf, data + off, len);
-		return 0;
-	}
-	return bpf_skb_load_bytes(skb, off, buf, len);
-}
+struct ports {
+	__be16 source;
+	__be16 dest;
+};
 
 static __always_inline void read_ports(struct __sk_buff *skb, __u32 off, struct pkt_info *pkt)
 {
-	__be16 ports[2];
+	struct ports copy;
+	struct ports *p = HDR(skb, off, struct ports, copy);
 
-	if (read_hdr(skb, off, ports, sizeof(ports)))
+	if (!p)
 		return;
-	pkt->sport = bpf_ntohs(ports[0]);
-	pkt->dport = bpf_ntohs(ports[1]);
+	pkt->sport = bpf_ntohs(p->source);
+	pkt->dport = bpf_ntohs(p->dest);
 	pkt->has_ports = 1;
 }
 
-static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *pkt)
+static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *pkt, bool egress)
 {
-	struct iphdr ip;
+	struct iphdr copy;
+	struct iphdr *ip = HDR(skb, 0, struct iphdr, copy);
+	__u32 ihl;
 
-	if (read_hdr(skb, 0, &ip, sizeof(ip)))
+	if (!ip)
 		return;
 	pkt->family = 4;
-	__builtin_memcpy(pkt->saddr, &ip.saddr, 4);
-	__builtin_memcpy(pkt->daddr, &ip.daddr, 4);
-	if (ip.frag_off & bpf_htons(IP_OFFSET_MASK))
+	if (has_rules)
+		__builtin_memcpy(pkt->addr, egress ? &ip->daddr : &ip->saddr, 4);
+	if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
 		return;
-	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return;
-	if (ip.ihl < 5)
+	ihl = ip->ihl;
+	if (ihl < 5)
 		return;
-	read_ports(skb, ip.ihl * 4, pkt);
+	read_ports(skb, ihl * 4, pkt);
 }
 
-static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *pkt)
+static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *pkt, bool egress)
 {
-	struct ipv6hdr ip6;
-	__u32 off = sizeof(ip6);
+	struct ipv6hdr copy;
+	struct ipv6hdr *ip6 = HDR(skb, 0, struct ipv6hdr, copy);
+	__u32 off = sizeof(struct ipv6hdr);
 	__u8 next;
 
-	if (read_hdr(skb, 0, &ip6, sizeof(ip6)))
+	if (!ip6)
 		return;
 	pkt->family = 6;
-	__builtin_memcpy(pkt->saddr, &ip6.saddr, 16);
-	__builtin_memcpy(pkt->daddr, &ip6.daddr, 16);
-	next = ip6.nexthdr;
+	if (has_rules)
+		__builtin_memcpy(pkt->addr, egress ? &ip6->daddr : &ip6->saddr, 16);
+	next = ip6->nexthdr;
 
 #pragma unroll
 	for (int i = 0; i < MAX_IPV6_EXT; i++) {
@@ -306,17 +325,20 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 
 	if (cfg_ifindex && skb->ifindex != cfg_ifindex)
 		return false;
+	/* Nothing to match a packet against: no need to read it. */
+	if (!cfg_port && !has_rules)
+		return !unmatched_pass;
 	/* skb->protocol, not skb->family: the latter is the socket's family. */
 	if (skb->protocol == bpf_htons(ETH_P_IP))
-		parse_ipv4(skb, &pkt);
+		parse_ipv4(skb, &pkt, egress);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		parse_ipv6(skb, &pkt);
+		parse_ipv6(skb, &pkt, egress);
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
 	if (cfg_port && !(pkt.has_ports && (pkt.sport == cfg_port || pkt.dport == cfg_port)))
 		return false;
-	if (egress)
-		return policy_drops(pkt.family, pkt.daddr, pkt.has_ports ? pkt.dport : 0);
-	return policy_drops(pkt.family, pkt.saddr, pkt.has_ports ? pkt.sport : 0);
+	if (!pkt.has_ports)
+		return policy_drops(pkt.family, pkt.addr, 0);
+	return policy_drops(pkt.family, pkt.addr, egress ? pkt.dport : pkt.sport);
 }
 
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
@@ -428,6 +450,7 @@ int cgdrop_sendmsg6(struct bpf_sock_addr *ctx)
 	return sock_addr_verdict(ctx, CGDROP_STAT_SENDMSG6, 6);
 }
 
+#ifndef CGDROP_NO_TEST_PROGRAMS
 /*
  * Deliberately invalid: egress programs must return 0-3, so the verifier
  * rejects it. The '?' keeps libbpf from loading it, unless the environment
@@ -439,5 +462,18 @@ int cgdrop_selftest(struct __sk_buff *skb)
 {
 	return 7;
 }
+
+/*
+ * The floor of the benchmarks (bench/): a cgroup_skb program that only passes.
+ * Never loaded by cgdrop itself ('?'). Both test programs are left out of
+ * cgdrop-plain.bpf.o (build.rs), the object bpftool loads in the benchmarks:
+ * its `prog loadall` cannot pin programs that were not loaded.
+ */
+SEC("?cgroup_skb/egress")
+int cgdrop_floor(struct __sk_buff *skb)
+{
+	return 1;
+}
+#endif /* CGDROP_NO_TEST_PROGRAMS */
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that building and testing cgdrop need.
+# Installs the Debian packages that building and testing cgdrop need
+# (`deps.sh bench`: and benchmarking it).
 # As root it installs what is missing with apt-get; otherwise it prints the
 # exact command to run. Safe to run again: it does nothing when all is there.
 set -euo pipefail
@@ -9,6 +10,10 @@ set -euo pipefail
 # (`bpftool cgroup show`); iproute2: veth/netns tests; curl: the README example;
 # python3: tests/netprobe.py, the tests' traffic generator; util-linux: setpriv.
 packages=(clang llvm gcc make pkg-config libelf-dev zlib1g-dev bpftool iproute2 curl python3 util-linux)
+# `deps.sh bench`: what `make bench` compares cgdrop with.
+if [ "${1:-}" = bench ]; then
+  packages+=(iperf3 nftables)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

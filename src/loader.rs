@@ -26,10 +26,18 @@ pub fn apply_rules(skel: &mut CgdropSkel<'_>, installed: &mut Installed, policy:
     let now_ns = rulemaps::boot_time_ns()?;
     let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
     let bss = skel.maps.bss_data.as_deref_mut().context("the BPF object has no .bss section")?;
+    let has_rules = u32::from(!policy.rules.is_empty());
+    let has_port_rules = u32::from(policy.rules.iter().any(|r| r.target.port != 0));
+    // The skip flags cover the old and the new rules while both may be in the tries.
+    bss.has_rules |= has_rules;
+    bss.has_port_rules |= has_port_rules;
     maps.replace(installed, &policy.rules, now_ns, || {
         bss.unmatched_pass = u32::from(policy.unmatched_pass());
         Ok(())
-    })
+    })?;
+    bss.has_rules = has_rules;
+    bss.has_port_rules = has_port_rules;
+    Ok(())
 }
 
 /// Deletes expired rules from the tries; returns how many.

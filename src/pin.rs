@@ -31,7 +31,7 @@ use crate::{
     preflight,
     rulemaps::Installed,
     skel::{
-        types::{cgdrop_direction, cgdrop_info, cgdrop_mode, rodata},
+        types::{bss, cgdrop_direction, cgdrop_info, cgdrop_mode, rodata},
         CgdropSkel,
     },
 };
@@ -40,6 +40,8 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// statfs(2) f_type of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+// SAFETY: three u32 generated from BTF; any bit pattern is valid, no padding.
+unsafe impl plain::Plain for bss {}
 // SAFETY: integers and an i8 array generated from BTF; any bit pattern is valid.
 unsafe impl plain::Plain for cgdrop_info {}
 // SAFETY: integers and u32 newtypes generated from BTF; any bit pattern is
@@ -428,6 +430,23 @@ impl Pinned {
             .with_context(|| format!("{}/bss is empty", self.dir.display()))?;
         let word: [u8; 4] = raw.get(..4).and_then(|b| b.try_into().ok()).context("bss too short")?;
         Ok(u32::from_ne_bytes(word) != 0)
+    }
+
+    /// Before a rule is added: makes the programs look rules up (and, for a
+    /// rule with a port, look up with the port). Never lowered here: a flag
+    /// that is set only costs a lookup.
+    pub fn enable_lookups(&self, with_port: bool) -> Result<()> {
+        let key = 0u32.to_ne_bytes();
+        let raw =
+            self.bss.lookup(&key, MapFlags::ANY)?.with_context(|| format!("{}/bss is empty", self.dir.display()))?;
+        let mut b = bss { unmatched_pass: 0, has_rules: 0, has_port_rules: 0 };
+        plain::copy_from_bytes(&mut b, &raw)
+            .map_err(|_| anyhow::anyhow!("{}/bss has the wrong size", self.dir.display()))?;
+        b.has_rules = 1;
+        b.has_port_rules |= u32::from(with_port);
+        // SAFETY: bss is three u32: no padding.
+        let bytes = unsafe { plain::as_bytes(&b) };
+        self.bss.update(&key, bytes, MapFlags::ANY).with_context(|| format!("writing {}/bss", self.dir.display()))
     }
 
     pub fn health(&self) -> Result<Health> {

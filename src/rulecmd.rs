@@ -60,6 +60,7 @@ fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>) ->
         Some(ttl) => rulemaps::boot_time_ns()?.saturating_add(ttl.as_nanos() as u64),
         None => 0,
     };
+    p.enable_lookups(target.port != 0)?;
     maps.put(target, action, expires_ns)?;
     let lifetime = ttl.map_or(String::new(), |t| format!(" for {}", format_secs(t.as_secs())));
     eprintln!("cgdrop: {action} {target}{lifetime} on {}", p.cgroup_path);

@@ -398,6 +398,7 @@ fn expired_rules_do_not_match() {
     let then_ns = rulemaps::boot_time_ns().unwrap() - 100_000_000_000;
     let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
     let bss = skel.maps.bss_data.as_deref_mut().unwrap();
+    bss.has_rules = 1;
     maps.replace(&mut Installed::new(), &rules, then_ns, || {
         bss.unmatched_pass = 1;
         Ok(())

@@ -1,0 +1,160 @@
+//! Start-up (exec → all programs attached) and rule scale (time to load
+//! 10,000 … 1,000,000 rules, and the loader's peak memory).
+use std::{
+    fs,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    env::{cgdrop_attached, BenchCgroup, NftTable},
+    Summary, Table,
+};
+
+const STARTUP_RUNS: usize = 10;
+const SCALE_RUNS: usize = 3;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// bpftool loading the same object and attaching its six programs.
+fn bpftool_attach(cg: &BenchCgroup) -> Result<Duration> {
+    let obj = find_object()?;
+    let pins = PathBuf::from(format!("/sys/fs/bpf/cgdrop-test-bench-{}", std::process::id()));
+    let hooks = [
+        ("cgdrop_ingress", "ingress"),
+        ("cgdrop_egress", "egress"),
+        ("cgdrop_connect4", "connect4"),
+        ("cgdrop_connect6", "connect6"),
+        ("cgdrop_sendmsg4", "sendmsg4"),
+        ("cgdrop_sendmsg6", "sendmsg6"),
+    ];
+    let start = Instant::now();
+    let run = |args: Vec<String>| -> Result<()> {
+        let out = Command::new("bpftool").args(&args).output()?;
+        if !out.status.success() {
+            bail!("bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let result = (|| {
+        run(vec!["prog".into(), "loadall".into(), obj.to_string_lossy().into(), pins.to_string_lossy().into()])?;
+        for (prog, hook) in hooks {
+            let pin = pins.join(prog).to_string_lossy().into_owned();
+            run(vec![
+                "cgroup".into(),
+                "attach".into(),
+                cg.path.to_string_lossy().into(),
+                hook.into(),
+                "pinned".into(),
+                pin,
+                "multi".into(),
+            ])?;
+        }
+        Ok(start.elapsed())
+    })();
+    for (prog, hook) in hooks {
+        let pin = pins.join(prog);
+        let _ = Command::new("bpftool")
+            .arg("cgroup")
+            .arg("detach")
+            .arg(&cg.path)
+            .arg(hook)
+            .arg("pinned")
+            .arg(&pin)
+            .output();
+    }
+    let _ = fs::remove_dir_all(&pins);
+    result
+}
+
+fn find_object() -> Result<PathBuf> {
+    let mut stack = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/build")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "cgdrop-plain.bpf.o") {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("no cgdrop-plain.bpf.o under target/release/build")
+}
+
+pub fn startup() -> Result<String> {
+    let cg = BenchCgroup::new("startup")?;
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    let nft_script = NftTable::script(&cg, &["ip daddr 192.0.2.1 drop"], &["ip saddr 192.0.2.1 drop"]);
+    for _ in 0..STARTUP_RUNS {
+        let (proc, took) = cgdrop_attached(&cg, &["--block", "192.0.2.1"])?;
+        drop(proc);
+        samples[0].push(ms(took));
+        let (table, took) = NftTable::load(&nft_script)?;
+        drop(table);
+        samples[1].push(ms(took));
+        samples[2].push(ms(bpftool_attach(&cg)?));
+    }
+    let [cgdrop, nft, bpftool] = samples.map(|s| Summary::of(&s));
+    let mut table = Table::new(
+        "Start-up: exec → attached",
+        &format!(
+            "{STARTUP_RUNS} runs. cgdrop: from spawning `cgdrop --cgroup … --block 192.0.2.1` to its \"attached\" line \
+             (load, rules, six links). nftables: `nft -f` of the equivalent table (output and input rules). \
+             bpftool: `bpftool prog loadall` of the same object plus six `bpftool cgroup attach`. \
+             Target: ≤ 50 ms; goal: faster than `nft -f`."
+        ),
+        &["tool", "ms", "ratio to nft -f"],
+    );
+    for (name, s) in [("cgdrop", cgdrop), ("nft -f", nft), ("bpftool loadall + 6 attach", bpftool)] {
+        table.row(&[name.to_string(), s.cell(1), format!("{:.2}", s.median / nft.median)]);
+    }
+    Ok(table.finish())
+}
+
+pub fn rule_scale() -> Result<String> {
+    let cg = BenchCgroup::new("scale")?;
+    let mut table = Table::new(
+        "Rule scale",
+        &format!(
+            "A rules file of N IPv4 /32 deny rules, {SCALE_RUNS} runs: time from exec to attached (read, parse, \
+             check, one batch update per family, attach) and the loader's peak RSS (VmHWM once attached). The \
+             baseline is the same start with no rules. Target: 1,000,000 rules in < 2 s."
+        ),
+        &["rules", "s to attached", "ratio to no rules", "peak RSS, MiB"],
+    );
+    let mut base = None;
+    for n in [0usize, 10_000, 100_000, 1_000_000] {
+        let file = std::env::temp_dir().join(format!("cgdrop-test-bench-{n}-{}.rules", std::process::id()));
+        let text: String =
+            (0..n as u32).map(|i| format!("deny {}\n", std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
+        fs::write(&file, text)?;
+        let mut secs = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..SCALE_RUNS {
+            let flags = ["--rules-file", file.to_str().unwrap_or_default()];
+            let (proc, took) = cgdrop_attached(&cg, &flags)?;
+            secs.push(took.as_secs_f64());
+            // The loader's own high-water mark since exec (wait4's ru_maxrss
+            // would include the benchmark's memory, inherited at fork).
+            let status = fs::read_to_string(format!("/proc/{}/status", proc.0.id()))?;
+            let hwm_kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .context("VmHWM in /proc/<pid>/status")?;
+            rss.push(hwm_kib / 1024.0);
+            drop(proc);
+        }
+        let _ = fs::remove_file(&file);
+        let s = Summary::of(&secs);
+        let base_median = *base.get_or_insert(s.median);
+        table.row(&[n.to_string(), s.cell(3), format!("{:.1}", s.median / base_median), Summary::of(&rss).cell(0)]);
+    }
+    Ok(table.finish())
+}
