@@ -71,6 +71,9 @@ impl Table {
     }
 }
 
+/// A benchmark section: runs and returns its Markdown.
+type Section = fn() -> anyhow::Result<String>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--helper") {
@@ -100,7 +103,7 @@ fn main() {
         env::cpus(),
         env::cpu_model()
     );
-    let sections: [(&str, fn() -> anyhow::Result<String>); 6] = [
+    let sections: [(&str, Section); 6] = [
         ("per-packet cost", prog::per_packet_cost),
         ("throughput", net::throughput),
         ("drop path", net::drop_path),
