@@ -79,7 +79,58 @@ fn prepare_root() -> Result<PathBuf> {
     }
     fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {} to root", root.display()))?;
+    recover(&root)?;
     Ok(root)
+}
+
+/// A working directory of a cgdrop process: `new-<id>-<pid>`, `old-<id>-<pid>`
+/// or `new-progs-<pid>`. Returns (kind, id, pid).
+fn working_dir(name: &str) -> Option<(&str, Option<u64>, i32)> {
+    let (kind, rest) = name.split_once('-')?;
+    if kind != "new" && kind != "old" {
+        return None;
+    }
+    let (id, pid) = rest.rsplit_once('-')?;
+    let id = if id == "progs" { None } else { Some(id.parse().ok()?) };
+    Some((kind, id, pid.parse().ok()?))
+}
+
+/// Finishes or undoes what a killed cgdrop left half done, so that every
+/// policy is complete or absent (SIGKILL cannot be caught while pinning):
+/// a `new-…` directory whose pin never got renamed into place is removed
+/// (its links detach), unless the policy directory is missing and its `old-…`
+/// twin shows that a --replace was between its two renames, which is then
+/// completed; an `old-…` directory left after a finished swap is removed.
+fn recover(root: &Path) -> Result<()> {
+    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    let Ok(entries) = fs::read_dir(root) else { return Ok(()) };
+    let mut names: Vec<String> =
+        entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+    // `new-…` before `old-…`: an interrupted swap is completed from its new half.
+    names.sort();
+    for name in &names {
+        let Some((kind, id, pid)) = working_dir(name) else { continue };
+        let path = root.join(name);
+        if alive(pid) || !path.exists() {
+            continue;
+        }
+        let dir = id.map(|id| root.join(id.to_string()));
+        let twin = id.map(|id| root.join(format!("old-{id}-{pid}")));
+        match (kind, dir) {
+            // Killed between the two renames of --replace: finish the swap.
+            ("new", Some(dir)) if !dir.exists() && twin.is_some_and(|t| t.exists()) => {
+                fs::rename(&path, &dir)
+                    .with_context(|| format!("completing the interrupted replace of {}", dir.display()))?;
+            }
+            // Should the new half be gone too, the old policy is better than none.
+            ("old", Some(dir)) if !dir.exists() => {
+                fs::rename(&path, &dir).with_context(|| format!("restoring {}", dir.display()))?;
+            }
+            _ => fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {} (left by a killed cgdrop)", path.display()))?,
+        }
+    }
+    Ok(())
 }
 
 /// A directory being filled; removed (with its pins) on drop unless kept.
@@ -374,6 +425,7 @@ impl Pinned {
     /// Every pinned policy, by cgroup id. No bpffs or no cgdrop directory: none.
     pub fn list() -> Result<Vec<Self>> {
         let root = cgdrop_root();
+        recover(&root)?;
         let Ok(entries) = fs::read_dir(&root) else { return Ok(Vec::new()) };
         let mut dirs: Vec<(u64, PathBuf)> = entries
             .filter_map(|e| e.ok())
@@ -482,6 +534,7 @@ impl Pinned {
 /// `cgdrop unpin`: removes one policy directory, or all of cgdrop's pins.
 pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
     preflight::check()?;
+    recover(&cgdrop_root())?;
     if all {
         let root = cgdrop_root();
         if !root.exists() {
@@ -507,4 +560,20 @@ pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     eprintln!("cgdrop: unpinned the policy of cgroup {path} ({})", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_directory_names() {
+        assert_eq!(working_dir("new-1234-99"), Some(("new", Some(1234), 99)));
+        assert_eq!(working_dir("old-1234-99"), Some(("old", Some(1234), 99)));
+        assert_eq!(working_dir("new-progs-7"), Some(("new", None, 7)));
+        assert_eq!(working_dir("1234"), None);
+        assert_eq!(working_dir("progs"), None);
+        assert_eq!(working_dir("new-x-1"), None);
+        assert_eq!(working_dir("tmp-1-2"), None);
+    }
 }
