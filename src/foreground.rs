@@ -82,6 +82,7 @@ pub fn run(args: &ForegroundArgs, verbose: bool) -> Result<u8> {
 pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     announce_rules_file(&args.policy);
     let policy = Policy::from_args(&args.policy)?;
+    check_command(&args.command)?;
     let user = match &args.user {
         Some(name) => Some(lookup_user(name)?),
         None => None,
@@ -101,6 +102,20 @@ pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     Ok(outcome.status.map_or(1, exit_code))
 }
 
+/// Fails unless the command can be found, before anything is attached.
+fn check_command(argv: &[OsString]) -> Result<()> {
+    let name = argv.first().context("no command given")?;
+    let found = if Path::new(name).components().count() > 1 {
+        Path::new(name).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+    };
+    if !found {
+        bail!("command not found: {}: give a path or a program on PATH", Path::new(name).display());
+    }
+    Ok(())
+}
+
 /// A name or a numeric uid.
 fn lookup_user(name: &str) -> Result<nix::unistd::User> {
     let found = match name.parse::<u32>() {
@@ -112,7 +127,12 @@ fn lookup_user(name: &str) -> Result<nix::unistd::User> {
         .with_context(|| format!("unknown user '{name}': `getent passwd` lists the users of this host"))
 }
 
+/// On a terminal, says that a large rules file is being read (errors stay one
+/// line when stderr is not a terminal).
 fn announce_rules_file(args: &PolicyArgs) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
     if let Some(size) = args.rules_file.as_ref().and_then(|f| fs::metadata(f).ok()).map(|m| m.len()) {
         if size >= 1 << 20 {
             eprintln!(
@@ -178,12 +198,14 @@ fn session(
     let mut skel = loader::load(&policy, &mut object)?;
     let mut installed = Installed::new();
     let started = Instant::now();
-    if policy.rules.len() >= MANY_RULES {
+    // Progress on a terminal only: elsewhere, an error must stay one line.
+    let progress = policy.rules.len() >= MANY_RULES && std::io::stderr().is_terminal();
+    if progress {
         eprintln!("cgdrop: writing {} rules into the kernel…", policy.rules.len());
     }
     // Rules go in before the programs are attached: the first packet sees them.
     loader::apply_rules(&mut skel, &mut installed, &policy)?;
-    if policy.rules.len() >= MANY_RULES {
+    if progress {
         eprintln!("cgdrop: {} rules in force ({:.2} s)", policy.rules.len(), started.elapsed().as_secs_f64());
     }
     let links = loader::attach(&skel, cgroup, &policy)?;

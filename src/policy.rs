@@ -69,6 +69,7 @@ impl Policy {
         let flags = args.block.iter().map(|t| (Action::Deny, t)).chain(args.allow.iter().map(|t| (Action::Allow, t)));
         let mut rules: Vec<Rule> = flags.map(|(action, t)| Rule { action, target: *t, ttl: None }).collect();
         rules.extend(file_rules);
+        rules::check_capacity(&rules)?;
         rules::check_conflicts(&rules)?;
         self.rules = rules;
         Ok(())

@@ -220,6 +220,22 @@ pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>> {
     parse_rules(&text).with_context(|| format!("rules file {}", path.display()))
 }
 
+/// Rules per address family the kernel's tries hold (MAX_RULES in bpf/cgdrop.bpf.c).
+pub const MAX_RULES_PER_FAMILY: usize = 1 << 20;
+
+/// Refuses more rules of one family than the tries hold.
+pub fn check_capacity(rules: &[Rule]) -> Result<()> {
+    let v4 = rules.iter().filter(|r| r.target.addr.is_ipv4()).count();
+    for (family, n) in [("IPv4", v4), ("IPv6", rules.len() - v4)] {
+        if n > MAX_RULES_PER_FAMILY {
+            bail!(
+                "{n} {family} rules: the kernel's rule table holds at most {MAX_RULES_PER_FAMILY} per address family"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a target that is both allowed and denied: which one was meant?
 pub fn check_conflicts(rules: &[Rule]) -> Result<()> {
     // Sorting beats hashing here: a million rules are checked in tens of ms.
