@@ -10,7 +10,7 @@ FISHDIR = $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
 BIN = target/release/cgdrop
 
-.PHONY: all build deps test demo bench install uninstall vmlinux fmt lint clean
+.PHONY: all build deps test soak demo bench install uninstall vmlinux fmt lint clean
 
 all: build
 
@@ -25,6 +25,10 @@ build: deps
 test: deps
 	$(CARGO) build --release --locked
 	$(CARGO) test --locked -- --test-threads=$$(nproc)
+
+# The load test at full length (30 s; `make test` runs it for 5 s), root.
+soak: deps
+	CGDROP_SOAK_SECS=30 $(CARGO) test --locked --test soak -- --nocapture
 
 # The binary, man page, completions and systemd unit; with CGROUP=… also pins a
 # policy (cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)); without it,

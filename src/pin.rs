@@ -53,6 +53,17 @@ pub fn cgdrop_root() -> PathBuf {
     Path::new(BPFFS).join("cgdrop")
 }
 
+/// Refuses a cgdrop bpffs directory that is a symbolic link: cgdrop changes
+/// permissions and removes entries there, and must never do so elsewhere.
+fn check_not_symlink(root: &Path) -> Result<()> {
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{} is a symbolic link: refusing to follow it out of bpffs; remove it", root.display())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Where `pin --programs` puts bare programs.
 pub fn programs_dir() -> PathBuf {
     cgdrop_root().join("progs")
@@ -74,6 +85,7 @@ fn prepare_root() -> Result<PathBuf> {
         eprintln!("cgdrop: mounted bpffs at {BPFFS} (it was not mounted)");
     }
     let root = cgdrop_root();
+    check_not_symlink(&root)?;
     if !root.exists() {
         fs::DirBuilder::new().mode(0o700).create(&root).with_context(|| format!("creating {}", root.display()))?;
     }
@@ -102,6 +114,7 @@ fn working_dir(name: &str) -> Option<(&str, Option<u64>, i32)> {
 /// twin shows that a --replace was between its two renames, which is then
 /// completed; an `old-…` directory left after a finished swap is removed.
 fn recover(root: &Path) -> Result<()> {
+    check_not_symlink(root)?;
     let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
     let Ok(entries) = fs::read_dir(root) else { return Ok(()) };
     let mut names: Vec<String> =

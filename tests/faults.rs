@@ -151,3 +151,35 @@ fn replace_killed_at_any_stage_keeps_one_complete_policy() {
         assert!(working_dirs_left().is_empty(), "killed at {delay} ms: {:?}", working_dirs_left());
     }
 }
+
+#[test]
+fn a_symlinked_bpffs_directory_is_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if std::path::Path::new("/sys/fs/bpf/cgdrop").exists() {
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: /sys/fs/bpf/cgdrop exists\n");
+        return;
+    }
+    let target = std::env::temp_dir().join(format!("cgdrop-test-symlink-{}", std::process::id()));
+    fs::create_dir_all(target.join("precious")).unwrap();
+    std::os::unix::fs::symlink(&target, "/sys/fs/bpf/cgdrop").unwrap();
+    struct Undo(std::path::PathBuf);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            let _ = fs::remove_file("/sys/fs/bpf/cgdrop");
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _undo = Undo(target.clone());
+    let cg = TestCgroup::new("symlink");
+    for args in [vec!["pin", "--cgroup", cg.path.to_str().unwrap()], vec!["unpin", "--all"], vec!["status"]] {
+        let out = Command::new(CGDROP).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is a symbolic link: refusing"), "{args:?}: {stderr}");
+    }
+    assert!(target.join("precious").exists(), "nothing removed through the link");
+    assert_detached(&cg.path);
+}

@@ -8,6 +8,10 @@ loopback and reports, as one JSON line on stdout, what actually happened.
   tcp-serve ADDR PORT SECS         listen, print {"port": P}, accept for SECS
   tcp-connect ADDR PORT SECS       one connect() with a timeout, and its time
   ping ADDR SECS                   one ICMP echo over a raw socket (root), and its time
+  udp-flood ADDR PORT SECS GAP_US  send 64-byte datagrams for SECS, GAP_US apart
+  tcp-connects ADDR PORT SECS      connect/close in a loop for SECS; counts results
+  tcp-sink ADDR PORT SECS          listen, print {"port": P}, count bytes received for SECS
+  tcp-stream ADDR PORT SECS        one connection, send as fast as possible for SECS
 
 The test process spawns this script (inside or outside a test cgroup) and reads
 its output; it never joins a test cgroup itself.
@@ -31,6 +35,8 @@ def say(obj):
 
 def udp_recv(addr, port, secs, most=None):
     s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    # A large buffer: the count must not depend on how fast this loop reads.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     s.bind((addr, int(port)))
     say({"port": s.getsockname()[1]})
     deadline = time.monotonic() + float(secs)
@@ -146,12 +152,85 @@ def ping(addr, secs):
     say({"result": result, "ms": round((time.monotonic() - start) * 1000, 3)})
 
 
+def udp_flood(addr, port, secs, gap_us):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    payload = b"x" * 64
+    gap = int(gap_us) / 1e6
+    deadline = time.monotonic() + float(secs)
+    sent, errors = 0, {}
+    while time.monotonic() < deadline:
+        try:
+            s.sendto(payload, (addr, int(port)))
+            sent += 1
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            errors[name] = errors.get(name, 0) + 1
+        time.sleep(gap)
+    say({"sent": sent, "errors": errors})
+
+
+def tcp_connects(addr, port, secs):
+    deadline = time.monotonic() + float(secs)
+    results = {}
+    while time.monotonic() < deadline:
+        s = socket.socket(family(addr), socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect((addr, int(port)))
+            result = "ok"
+        except socket.timeout:
+            result = "timeout"
+        except OSError as e:
+            result = errno.errorcode.get(e.errno, str(e.errno))
+        s.close()
+        results[result] = results.get(result, 0) + 1
+        time.sleep(0.002)
+    say({"attempts": sum(results.values()), "results": results})
+
+
+def tcp_sink(addr, port, secs):
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(4)
+    say({"port": s.getsockname()[1]})
+    s.settimeout(float(secs))
+    total = 0
+    try:
+        conn, _ = s.accept()
+        conn.settimeout(float(secs))
+        while True:
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            total += len(data)
+    except socket.timeout:
+        pass
+    say({"received_bytes": total})
+
+
+def tcp_stream(addr, port, secs):
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    s.connect((addr, int(port)))
+    chunk = b"y" * (1 << 16)
+    deadline = time.monotonic() + float(secs)
+    sent = 0
+    while time.monotonic() < deadline:
+        sent += s.send(chunk)
+    s.close()
+    say({"sent_bytes": sent})
+
+
 COMMANDS = {
     "udp-recv": udp_recv,
     "udp-send": udp_send,
     "tcp-serve": tcp_serve,
     "tcp-connect": tcp_connect,
     "ping": ping,
+    "udp-flood": udp_flood,
+    "tcp-connects": tcp_connects,
+    "tcp-sink": tcp_sink,
+    "tcp-stream": tcp_stream,
 }
 
 if __name__ == "__main__":
