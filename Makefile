@@ -10,7 +10,7 @@ FISHDIR = $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
 BIN = target/release/cgdrop
 
-.PHONY: all build deps test soak demo bench install uninstall vmlinux fmt lint clean
+.PHONY: all build deps test soak fuzz demo bench install uninstall vmlinux fmt lint clean
 
 all: build
 
@@ -29,6 +29,11 @@ test: deps
 # The load test at full length (30 s; `make test` runs it for 5 s), root.
 soak: deps
 	CGDROP_SOAK_SECS=30 $(CARGO) test --locked --test soak -- --nocapture
+
+# The parsers and the BPF packet parser at length (root for the latter).
+fuzz: deps
+	PROPTEST_CASES=200000 $(CARGO) test --release --locked --test properties
+	CGDROP_FUZZ_PACKETS=200000 $(CARGO) test --release --locked --test prog_test_run random_packets
 
 # The binary, man page, completions and systemd unit; with CGROUP=… also pins a
 # policy (cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)); without it,

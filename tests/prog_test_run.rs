@@ -517,8 +517,11 @@ fn random_packets_follow_the_policy() {
     if skip_unless_root() {
         return;
     }
-    let mut rng = Rng(0x5eed_cafe_f00d_0001);
-    let packets: Vec<Vec<u8>> = (0..5000).map(|_| random_packet(&mut rng)).collect();
+    // 5,000 packets in `make test`; `make fuzz` sets CGDROP_FUZZ_PACKETS higher.
+    let n: u64 = std::env::var("CGDROP_FUZZ_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let seed = std::env::var("CGDROP_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_cafe_f00d_0001);
+    let mut rng = Rng(seed);
+    let packets: Vec<Vec<u8>> = (0..n).map(|_| random_packet(&mut rng)).collect();
     let run = |prog: &libbpf_rs::ProgramMut<'_>, p: &[u8]| {
         prog.test_run(ProgramInput { data_in: Some(p), ..Default::default() }).expect("test run").return_value
     };
@@ -532,8 +535,8 @@ fn random_packets_follow_the_policy() {
         }
     }
     let s = read_stats(&skel);
-    assert_eq!((s.ingress.packets, s.ingress.dropped_packets), (5000, 5000));
-    assert_eq!((s.egress.packets, s.egress.dropped_packets), (5000, 5000));
+    assert_eq!((s.ingress.packets, s.ingress.dropped_packets), (n, n));
+    assert_eq!((s.egress.packets, s.egress.dropped_packets), (n, n));
 
     // Deny everything by rule: every packet with a readable IP header is
     // dropped whatever follows it; only packets without one may pass (a
@@ -565,5 +568,5 @@ fn random_packets_follow_the_policy() {
             assert!([PASS, DROP].contains(&run(prog, p)));
         }
     }
-    assert_eq!(read_stats(&skel).egress.packets, 5000);
+    assert_eq!(read_stats(&skel).egress.packets, n);
 }

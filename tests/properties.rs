@@ -25,7 +25,8 @@ fn rule() -> impl Strategy<Value = Rule> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // 2,000 cases in `make test`; `make fuzz` sets PROPTEST_CASES higher.
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)))]
 
     #[test]
     fn any_text_is_parsed_or_refused_without_panic(s in ".{0,60}") {
