@@ -89,6 +89,7 @@ pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     };
     preflight::check()?;
     loader::set_verbose(verbose);
+    remove_stale_run_cgroups()?;
     let name = format!("cgdrop-run-{}", std::process::id());
     let cgroup = Cgroup::open(cgroup::locate(Path::new(&name), true)?)?;
     let cmd = Cmd::Argv { argv: &args.command, user: user.as_ref() };
@@ -100,6 +101,29 @@ pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     outcome.print(&cgroup, args.json)?;
     outcome.explain();
     Ok(outcome.status.map_or(1, exit_code))
+}
+
+/// Removes the `cgdrop-run-<pid>` cgroups of `cgdrop run`s that were killed
+/// (SIGKILL cannot be caught, so such a run could not remove its own),
+/// killing what their commands left in them.
+fn remove_stale_run_cgroups() -> Result<()> {
+    let root = cgroup::cgroup2_root()?;
+    let Ok(entries) = fs::read_dir(&root) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("cgdrop-run-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let stale = Cgroup::open(cgroup::locate(&entry.path(), false)?)?;
+        stale.kill_all()?;
+        fs::remove_dir(&stale.path)
+            .with_context(|| format!("removing {} (left by a killed cgdrop run)", stale.path.display()))?;
+    }
+    Ok(())
 }
 
 /// Fails unless the command can be found, before anything is attached.
@@ -466,8 +490,9 @@ fn spawn_in_cgroup(cmd: &Cmd<'_>, cgroup: &Cgroup) -> Result<Child> {
         }
         None => None,
     };
+    let parent = std::process::id() as nix::libc::pid_t;
     // SAFETY: the closure only makes raw syscalls (write, setgroups, setgid,
-    // setuid) on memory prepared before the fork; it allocates nothing.
+    // setuid, prctl, getppid) on memory prepared before the fork; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             let last = std::io::Error::last_os_error;
@@ -481,6 +506,15 @@ fn spawn_in_cgroup(cmd: &Cmd<'_>, cgroup: &Cgroup) -> Result<Child> {
                 {
                     return Err(last());
                 }
+            }
+            // Should cgdrop be killed (SIGKILL detaches its policy), the
+            // command must not run on unfiltered: it dies with cgdrop. Set
+            // after setuid, which clears it; then check cgdrop is still there.
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL as nix::libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(last());
+            }
+            if nix::libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             Ok(())
         });

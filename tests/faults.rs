@@ -183,3 +183,36 @@ fn a_symlinked_bpffs_directory_is_refused() {
     assert!(target.join("precious").exists(), "nothing removed through the link");
     assert_detached(&cg.path);
 }
+
+#[test]
+fn run_killed_at_any_stage_leaves_nothing_after_the_next_run() {
+    if skip_unless_root() {
+        return;
+    }
+    for delay in DELAYS_MS {
+        let mut child = Command::new(CGDROP)
+            .args(["run", "--", "sleep", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let cgroup = common::cgroup2_root().join(format!("cgdrop-run-{}", child.id()));
+        thread::sleep(Duration::from_millis(delay));
+        let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        child.wait().unwrap();
+        // The command dies with cgdrop (its policy went with it).
+        let mut empty = false;
+        for _ in 0..200 {
+            empty = fs::read_to_string(cgroup.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty());
+            if empty {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(empty, "killed at {delay} ms: the command outlived cgdrop");
+        // The next run removes the cgroup the killed one could not.
+        let next = Command::new(CGDROP).args(["run", "--", "true"]).output().unwrap();
+        assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+        assert!(!cgroup.exists(), "killed at {delay} ms: {} left", cgroup.display());
+    }
+}
