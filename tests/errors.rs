@@ -125,3 +125,22 @@ fn verifier_rejection() {
     assert!(stderr.contains("should have been in [0, 3]"), "--verbose shows the verifier's log: {stderr}");
     assert_detached(&cg.path);
 }
+
+#[test]
+fn bpffs_unmounted_under_a_pinned_policy() {
+    if skip_unless_root() {
+        return;
+    }
+    let cg = TestCgroup::new("bpffsgone");
+    // In a private mount namespace with its own bpffs: pin, then unmount that
+    // bpffs. The pins were the only references: the policy goes with them.
+    let out = in_private_mounts(&format!(
+        "while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done; \
+         {CGDROP} pin --cgroup {p} && umount /sys/fs/bpf && {CGDROP} status",
+        p = cg.path.display()
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no pinned cgdrop policies"), "{stderr}");
+    assert_detached(&cg.path);
+}

@@ -99,8 +99,10 @@ fn pin_killed_at_any_stage_is_all_or_nothing() {
     let _cleanup = Cleanup(&cg);
     let path = cg.path.to_str().unwrap();
     let (mut none, mut complete) = (0, 0);
-    for delay in DELAYS_MS {
-        interrupt(&["pin", "--cgroup", path, "--egress"], Signal::SIGKILL, delay);
+    for (delay, sig) in
+        DELAYS_MS.iter().flat_map(|d| [(*d, Signal::SIGKILL), (*d, Signal::SIGTERM), (*d, Signal::SIGINT)])
+    {
+        interrupt(&["pin", "--cgroup", path, "--egress"], sig, delay);
         match status_of(&cg) {
             None => {
                 assert!(
