@@ -137,46 +137,41 @@ static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
 }
 
 /*
- * The action of the longest live rule for (port, addr) in the v4 trie, or 0.
- * An expired rule hides shorter ones in an LPM trie: look again with a
- * prefix one bit shorter than the expired one.
+ * The action of the longest live rule for `key` in the trie `map`, or 0. An
+ * expired rule hides shorter ones in an LPM trie: look again with a prefix
+ * one bit shorter than the expired one. `prefixlen` points into `key`.
  */
-static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
+static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u64 *now)
 {
-	struct cgdrop_key_v4 key = { .prefixlen = PORT_BITS + 32, .port = bpf_htons(port) };
 	struct cgdrop_rule *r;
 	__u32 action;
 
-	__builtin_memcpy(key.addr, addr, 4);
 	for (int i = 0; i < MAX_EXPIRED_SKIPS; i++) {
-		r = bpf_map_lookup_elem(&rules_v4, &key);
+		r = bpf_map_lookup_elem(map, key);
 		if (!r)
 			return 0;
 		action = live_action(r, now);
 		if (action || r->prefixlen <= PORT_BITS)
 			return action;
-		key.prefixlen = r->prefixlen - 1;
+		*prefixlen = r->prefixlen - 1;
 	}
 	return 0;
+}
+
+static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
+{
+	struct cgdrop_key_v4 key = { .prefixlen = PORT_BITS + 32, .port = bpf_htons(port) };
+
+	__builtin_memcpy(key.addr, addr, 4);
+	return lookup_live(&rules_v4, &key, &key.prefixlen, now);
 }
 
 static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now)
 {
 	struct cgdrop_key_v6 key = { .prefixlen = PORT_BITS + 128, .port = bpf_htons(port) };
-	struct cgdrop_rule *r;
-	__u32 action;
 
 	__builtin_memcpy(key.addr, addr, 16);
-	for (int i = 0; i < MAX_EXPIRED_SKIPS; i++) {
-		r = bpf_map_lookup_elem(&rules_v6, &key);
-		if (!r)
-			return 0;
-		action = live_action(r, now);
-		if (action || r->prefixlen <= PORT_BITS)
-			return action;
-		key.prefixlen = r->prefixlen - 1;
-	}
-	return 0;
+	return lookup_live(&rules_v6, &key, &key.prefixlen, now);
 }
 
 /* ::ffff:a.b.c.d is matched as the IPv4 address a.b.c.d. */

@@ -62,22 +62,16 @@ pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) ->
     let rodata = open.maps.rodata_data.as_deref_mut().context("the BPF object has no rodata section")?;
     rodata.cfg_ifindex = policy.ifindex();
     rodata.cfg_port = policy.port.unwrap_or(0);
-    let mut dirs = 0;
-    if policy.ingress {
-        dirs |= cgdrop_direction::CGDROP_DIR_INGRESS.0;
-    }
-    if policy.egress {
-        dirs |= cgdrop_direction::CGDROP_DIR_EGRESS.0;
-    }
-    rodata.cfg_directions = cgdrop_direction(dirs);
-    let mut modes = 0;
-    if policy.silent {
-        modes |= cgdrop_mode::CGDROP_MODE_SILENT.0;
-    }
-    if policy.dry_run {
-        modes |= cgdrop_mode::CGDROP_MODE_DRY_RUN.0;
-    }
-    rodata.cfg_modes = cgdrop_mode(modes);
+    // The bits whose flag is set.
+    let bits = |flags: [(bool, u32); 2]| flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit);
+    rodata.cfg_directions = cgdrop_direction(bits([
+        (policy.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
+        (policy.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
+    ]));
+    rodata.cfg_modes = cgdrop_mode(bits([
+        (policy.silent, cgdrop_mode::CGDROP_MODE_SILENT.0),
+        (policy.dry_run, cgdrop_mode::CGDROP_MODE_DRY_RUN.0),
+    ]));
     if std::env::var_os("CGDROP_SELFTEST_REJECTED_PROGRAM").is_some() {
         // Only to test the error path: a program the verifier refuses.
         open.progs.cgdrop_selftest.set_autoload(true);
