@@ -118,10 +118,17 @@ fn remove_stale_run_cgroups() -> Result<()> {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let stale = Cgroup::open(cgroup::locate(&entry.path(), false)?)?;
-        stale.kill_all()?;
-        fs::remove_dir(&stale.path)
-            .with_context(|| format!("removing {} (left by a killed cgdrop run)", stale.path.display()))?;
+        // Best effort: another run may be removing it too; this run goes on.
+        let path = entry.path();
+        let removed = cgroup::locate(&path, false)
+            .and_then(Cgroup::open)
+            .and_then(|stale| stale.kill_all())
+            .and_then(|()| fs::remove_dir(&path).context("rmdir"));
+        if let Err(e) = removed {
+            if path.exists() {
+                eprintln!("cgdrop: could not remove {} (left by a killed cgdrop run): {e:#}", path.display());
+            }
+        }
     }
     Ok(())
 }
