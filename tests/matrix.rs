@@ -129,12 +129,14 @@ impl Cell<'_> {
         let mut server = match self.proto {
             Proto::Udp => {
                 let most = UDP_COUNT.to_string();
-                let mut p = Probe::start(server_cg, &["udp-recv", self.addr, "0", "4", &most]);
+                // Long-lived; stopped (SIGTERM) once the sender is done.
+                let mut p = Probe::start(server_cg, &["udp-recv", self.addr, "0", "60", &most]);
                 let port = p.next(10)["port"].as_u64().unwrap();
                 Some((p, port))
             }
             Proto::Tcp => {
-                let mut p = Probe::start(server_cg, &["tcp-serve", self.addr, "0", "4"]);
+                // Killed when the cell ends.
+                let mut p = Probe::start(server_cg, &["tcp-serve", self.addr, "0", "60"]);
                 let port = p.next(10)["port"].as_u64().unwrap();
                 Some((p, port))
             }
@@ -189,7 +191,10 @@ impl Cell<'_> {
             Proto::Udp => {
                 let sent = Probe::run(client_cg, &["udp-send", self.addr, port, &UDP_COUNT.to_string(), "100"]);
                 let (rx, _) = server.as_mut().unwrap();
-                let got = rx.next(10);
+                // Loopback delivery is synchronous with sendto(); a short grace
+                // before the receiver reports covers its reading.
+                thread::sleep(Duration::from_millis(100));
+                let got = rx.finish(10);
                 let received = got["received"].as_u64().unwrap();
                 let rejected = sent["errors"].get("EPERM").is_some();
                 let verdict = if received == UDP_COUNT { Verdict::Pass } else { Verdict::Drop };

@@ -19,10 +19,22 @@ its output; it never joins a test cgroup itself.
 import errno
 import json
 import os
+import signal
 import socket
 import struct
 import sys
 import time
+
+
+class Stop(Exception):
+    """SIGTERM: a listener stops early and reports what it has so far."""
+
+
+def _stop(*_):
+    raise Stop()
+
+
+signal.signal(signal.SIGTERM, _stop)
 
 
 def family(addr):
@@ -41,16 +53,19 @@ def udp_recv(addr, port, secs, most=None):
     say({"port": s.getsockname()[1]})
     deadline = time.monotonic() + float(secs)
     count = 0
-    while most is None or count < int(most):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        s.settimeout(left)
-        try:
-            s.recv(65535)
-            count += 1
-        except socket.timeout:
-            break
+    try:
+        while most is None or count < int(most):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                s.recv(65535)
+                count += 1
+            except socket.timeout:
+                break
+    except Stop:
+        pass
     say({"received": count})
 
 

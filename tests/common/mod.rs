@@ -146,6 +146,15 @@ impl Probe {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("netprobe printed {line:?}: {e}"))
     }
 
+    /// Stops a listener with SIGTERM and returns the report it then prints.
+    pub fn finish(&mut self, secs: u64) -> Value {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.next(secs)
+    }
+
     /// Runs netprobe to completion and returns its last JSON line.
     pub fn run(cgroup: Option<&TestCgroup>, args: &[&str]) -> Value {
         let p = Self::start(cgroup, args);
