@@ -104,7 +104,7 @@ fn rule_changes_race_with_traffic_and_counters_never_go_back() {
     let cg = TestCgroup::new("race");
     let path = cg.path.to_str().unwrap().to_string();
     let _cleanup = Cleanup(path.clone());
-    let (mut rx, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "15");
+    let (mut rx, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     assert!(cgdrop(&["pin", "--cgroup", &path, "--egress", "--block", "127.0.0.2"]).status.success());
     let mut blocked = Probe::start(Some(&cg), &["udp-flood", "127.0.0.2", &port, "4", "300"]);
     let mut passing = Probe::start(Some(&cg), &["udp-flood", "127.0.0.1", &port, "4", "300"]);
@@ -123,7 +123,7 @@ fn rule_changes_race_with_traffic_and_counters_never_go_back() {
     let passing = passing.next(20);
     assert_eq!(blocked["sent"], 0, "every datagram to the blocked host rejected: {blocked}");
     assert_eq!(passing["errors"], json!({}));
-    assert_eq!(rx.next(20), json!({"received": passing["sent"]}), "every other datagram arrived");
+    assert_eq!(rx.finish(20), json!({"received": passing["sent"]}), "every other datagram arrived");
 }
 
 #[test]

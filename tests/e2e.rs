@@ -46,7 +46,7 @@ fn udp_egress_case(addr: &str, silent: bool) {
         args.push("--silent");
     }
     let cgdrop = Cgdrop::start(&args);
-    let (mut receiver, port) = Probe::listen(None, "udp-recv", addr, "2");
+    let (mut receiver, port) = Probe::listen(None, "udp-recv", addr, "60");
 
     let inside = Probe::run(Some(&cg), &["udp-send", addr, &port, "20", "100"]);
     if silent {
@@ -56,7 +56,7 @@ fn udp_egress_case(addr: &str, silent: bool) {
     }
     let outside = Probe::run(None, &["udp-send", addr, &port, "20", "100"]);
     assert_eq!(outside, json!({"sent": 20, "errors": {}}), "a process outside keeps its traffic");
-    assert_eq!(receiver.next(10), json!({"received": 20}), "only the outside datagrams arrive");
+    assert_eq!(receiver.finish(10), json!({"received": 20}), "only the outside datagrams arrive");
 
     let s = stop(cgdrop, &cg);
     let bytes = 20 * (UDP_PAYLOAD + udp_headers(addr));
@@ -106,15 +106,15 @@ fn udp_egress_ipv6_silently_dropped_and_counted_exactly() {
 fn udp_ingress_case(addr: &str) {
     let cg = TestCgroup::new(&format!("udp-ingress-{}", addr.len()));
     let cgdrop = Cgdrop::start(&["--cgroup", &cg_arg(&cg), "--ingress", "--json"]);
-    let (mut inside_rx, inside_port) = Probe::listen(Some(&cg), "udp-recv", addr, "2");
-    let (mut outside_rx, outside_port) = Probe::listen(None, "udp-recv", addr, "2");
+    let (mut inside_rx, inside_port) = Probe::listen(Some(&cg), "udp-recv", addr, "60");
+    let (mut outside_rx, outside_port) = Probe::listen(None, "udp-recv", addr, "60");
 
     let to_inside = Probe::run(None, &["udp-send", addr, &inside_port, "20", "100"]);
     assert_eq!(to_inside, json!({"sent": 20, "errors": {}}), "the sender outside sees no error");
     let from_inside = Probe::run(Some(&cg), &["udp-send", addr, &outside_port, "20", "100"]);
     assert_eq!(from_inside, json!({"sent": 20, "errors": {}}), "egress is not filtered with --ingress");
-    assert_eq!(inside_rx.next(10), json!({"received": 0}), "nothing reaches the socket inside");
-    assert_eq!(outside_rx.next(10), json!({"received": 20}), "the outside socket gets everything");
+    assert_eq!(inside_rx.finish(10), json!({"received": 0}), "nothing reaches the socket inside");
+    assert_eq!(outside_rx.finish(10), json!({"received": 20}), "the outside socket gets everything");
 
     let s = stop(cgdrop, &cg);
     let bytes = 20 * (UDP_PAYLOAD + udp_headers(addr));
@@ -197,8 +197,8 @@ fn port_filter_drops_only_that_port() {
         return;
     }
     let cg = TestCgroup::new("port");
-    let (mut blocked_rx, blocked) = Probe::listen(None, "udp-recv", "127.0.0.1", "3");
-    let (mut open_rx, open) = Probe::listen(None, "udp-recv", "127.0.0.1", "3");
+    let (mut blocked_rx, blocked) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
+    let (mut open_rx, open) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     let (_tcp_server, tcp_port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "5");
     let cgdrop = Cgdrop::start(&["--cgroup", &cg_arg(&cg), "--port", &blocked, "--json"]);
 
@@ -206,8 +206,8 @@ fn port_filter_drops_only_that_port() {
     assert_eq!(to_blocked, json!({"sent": 0, "errors": {"EPERM": 10}}));
     let to_open = Probe::run(Some(&cg), &["udp-send", "127.0.0.1", &open, "10", "100"]);
     assert_eq!(to_open, json!({"sent": 10, "errors": {}}));
-    assert_eq!(blocked_rx.next(10), json!({"received": 0}));
-    assert_eq!(open_rx.next(10), json!({"received": 10}));
+    assert_eq!(blocked_rx.finish(10), json!({"received": 0}));
+    assert_eq!(open_rx.finish(10), json!({"received": 10}));
 
     let tcp_open = Probe::run(Some(&cg), &["tcp-connect", "127.0.0.1", &tcp_port, "3"]);
     assert_eq!(tcp_open["result"], "ok", "TCP to another port connects: {tcp_open}");
@@ -436,7 +436,7 @@ fn reload_under_traffic_leaves_no_gap() {
     let b = format!("deny 127.0.0.0/8\n{filler}");
     let cg = TestCgroup::new("nogap");
     let rules = RulesFile::new("nogap", &a);
-    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "8");
+    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     let mut cgdrop = Cgdrop::start(&["--cgroup", &cg_arg(&cg), "--egress", "--rules-file", rules.arg(), "--json"]);
     let sender = Probe::start(Some(&cg), &["udp-send", "127.0.0.1", &port, "3000", "10"]);
     for i in 0..10 {
@@ -447,7 +447,7 @@ fn reload_under_traffic_leaves_no_gap() {
     let mut sender = sender;
     let sent = sender.next(30);
     assert_eq!(sent, json!({"sent": 0, "errors": {"EPERM": 3000}}), "every datagram rejected");
-    assert_eq!(receiver.next(15), json!({"received": 0}));
+    assert_eq!(receiver.finish(15), json!({"received": 0}));
     let s = stop(cgdrop, &cg);
     assert_eq!(s["sendmsg"], json!({"attempts": 3000, "rejected": 3000}));
 }

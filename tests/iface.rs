@@ -70,9 +70,9 @@ fn iface_filter_drops_on_the_veth_and_keeps_lo() {
     let ns = NetnsPair::new();
     let cg = TestCgroup::new("iface");
 
-    let mut remote = probe_in(&ns.b, None, &["udp-recv", "10.199.0.2", "0", "3", "10"]);
+    let mut remote = probe_in(&ns.b, None, &["udp-recv", "10.199.0.2", "0", "60", "10"]);
     let remote_port = remote.next(10)["port"].as_u64().unwrap().to_string();
-    let mut local = probe_in(&ns.a, None, &["udp-recv", "127.0.0.1", "0", "3", "10"]);
+    let mut local = probe_in(&ns.a, None, &["udp-recv", "127.0.0.1", "0", "60", "10"]);
     let local_port = local.next(10)["port"].as_u64().unwrap().to_string();
     let mut tcp_remote = probe_in(&ns.b, None, &["tcp-serve", "10.199.0.2", "0", "5"]);
     let tcp_port = tcp_remote.next(10)["port"].as_u64().unwrap().to_string();
@@ -91,8 +91,8 @@ fn iface_filter_drops_on_the_veth_and_keeps_lo() {
     assert_eq!(to_remote.next(10), json!({"sent": 0, "errors": {"EPERM": 10}}), "dropped on cgdrop-va");
     let mut to_local = probe_in(&ns.a, Some(&cg), &["udp-send", "127.0.0.1", &local_port, "10", "100"]);
     assert_eq!(to_local.next(10), json!({"sent": 10, "errors": {}}), "lo is not filtered");
-    assert_eq!(remote.next(10), json!({"received": 0}));
-    assert_eq!(local.next(10), json!({"received": 10}));
+    assert_eq!(remote.finish(10), json!({"received": 0}));
+    assert_eq!(local.finish(10), json!({"received": 10}));
     // connect() cannot know the interface: no fail-fast, the SYN is dropped and the connect hangs.
     let mut tcp = probe_in(&ns.a, Some(&cg), &["tcp-connect", "10.199.0.2", &tcp_port, "1"]);
     assert_eq!(tcp.next(5)["result"], "timeout", "with --iface, connect() is not rejected at once");

@@ -191,9 +191,8 @@ impl Cell<'_> {
             Proto::Udp => {
                 let sent = Probe::run(client_cg, &["udp-send", self.addr, port, &UDP_COUNT.to_string(), "100"]);
                 let (rx, _) = server.as_mut().unwrap();
-                // Loopback delivery is synchronous with sendto(); a short grace
-                // before the receiver reports covers its reading.
-                thread::sleep(Duration::from_millis(100));
+                // Loopback delivery is done when sendto() returns; the
+                // receiver reads what is queued before it reports.
                 let got = rx.finish(10);
                 let received = got["received"].as_u64().unwrap();
                 let rejected = sent["errors"].get("EPERM").is_some();

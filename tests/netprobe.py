@@ -26,15 +26,9 @@ import sys
 import time
 
 
-class Stop(Exception):
-    """SIGTERM: a listener stops early and reports what it has so far."""
-
-
-def _stop(*_):
-    raise Stop()
-
-
-signal.signal(signal.SIGTERM, _stop)
+# SIGTERM: a listener stops early, after reading what already arrived, and reports.
+STOP = []
+signal.signal(signal.SIGTERM, lambda *_: STOP.append(True))
 
 
 def family(addr):
@@ -53,19 +47,25 @@ def udp_recv(addr, port, secs, most=None):
     say({"port": s.getsockname()[1]})
     deadline = time.monotonic() + float(secs)
     count = 0
-    try:
-        while most is None or count < int(most):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            try:
-                s.recv(65535)
-                count += 1
-            except socket.timeout:
-                break
-    except Stop:
-        pass
+    while (most is None or count < int(most)) and not STOP:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        # Short waits, so that SIGTERM (which only sets a flag) is seen soon.
+        s.settimeout(min(left, 0.05))
+        try:
+            s.recv(65535)
+            count += 1
+        except socket.timeout:
+            continue
+    # Whatever was delivered before the stop is counted.
+    s.setblocking(False)
+    while most is None or count < int(most):
+        try:
+            s.recv(65535)
+            count += 1
+        except BlockingIOError:
+            break
     say({"received": count})
 
 

@@ -79,7 +79,7 @@ fn pinned_policy_outlives_cgdrop_and_keeps_counting() {
     let _serial = serial();
     let cg = TestCgroup::new("pin");
     let _unpin = Unpin::of(&cg);
-    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "3");
+    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     let out = cgdrop(&["pin", "--cgroup", cg.path.to_str().unwrap(), "--egress"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // cgdrop has exited: the pins alone keep the programs attached.
@@ -95,7 +95,7 @@ fn pinned_policy_outlives_cgdrop_and_keeps_counting() {
     // The counters live in the pinned map: they add up across cgdrop runs.
     Probe::run(Some(&cg), &["udp-send", "127.0.0.1", &port, "5", "100"]);
     assert_eq!(stats_of(&cg)["sendmsg"], json!({"attempts": 15, "rejected": 15}));
-    assert_eq!(receiver.next(10), json!({"received": 0}));
+    assert_eq!(receiver.finish(10), json!({"received": 0}));
 
     let st = status();
     let mine = st.iter().find(|p| p["cgroup"] == cg.path.to_str().unwrap()).expect("status lists the policy");
@@ -128,7 +128,7 @@ fn replace_under_traffic_lets_nothing_through() {
     let cg = TestCgroup::new("replace");
     let _unpin = Unpin::of(&cg);
     let path = cg.path.to_str().unwrap();
-    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "10");
+    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     ok(&["pin", "--cgroup", path, "--egress", "--block", "127.0.0.1"]);
     let mut sender = Probe::start(Some(&cg), &["udp-send", "127.0.0.1", &port, "3000", "10"]);
     // Each policy blocks the destination by another rule, and hooks come and
@@ -147,7 +147,7 @@ fn replace_under_traffic_lets_nothing_through() {
         ok(&args);
     }
     assert_eq!(sender.next(30), json!({"sent": 0, "errors": {"EPERM": 3000}}), "no datagram passes during the swaps");
-    assert_eq!(receiver.next(15), json!({"received": 0}));
+    assert_eq!(receiver.finish(15), json!({"received": 0}));
     let st = status();
     let mine = st.iter().find(|p| p["cgroup"] == path).unwrap();
     assert_eq!(mine["health"], "ok", "{mine}");
@@ -353,11 +353,11 @@ fn pinned_programs_attach_by_hand() {
         .output()
         .unwrap();
     assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
-    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "2");
+    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     // Only the egress program is attached: UDP sends fail at the packet level.
     let sent = Probe::run(Some(&cg), &["udp-send", "127.0.0.1", &port, "5", "10"]);
     assert_eq!(sent, json!({"sent": 0, "errors": {"EPERM": 5}}));
-    assert_eq!(receiver.next(10), json!({"received": 0}));
+    assert_eq!(receiver.finish(10), json!({"received": 0}));
     let detach = Command::new("bpftool")
         .args(["cgroup", "detach"])
         .arg(&cg.path)
@@ -438,10 +438,10 @@ fn make_install_pins_and_uninstall_leaves_no_trace() {
     let st = status();
     assert!(st.iter().any(|p| p["cgroup"] == cg_path.to_str().unwrap() && p["health"] == "ok"), "{st:?}");
     let cg = TestCgroup { path: cg_path.clone(), name: name.clone() };
-    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "2");
+    let (mut receiver, port) = Probe::listen(None, "udp-recv", "127.0.0.1", "60");
     let sent = Probe::run(Some(&cg), &["udp-send", "127.0.0.1", &port, "3", "10"]);
     assert_eq!(sent, json!({"sent": 0, "errors": {"EPERM": 3}}), "egress dropped after every cgdrop process exited");
-    assert_eq!(receiver.next(10), json!({"received": 0}));
+    assert_eq!(receiver.finish(10), json!({"received": 0}));
 
     make("uninstall", &[]);
     assert!(!bpf_root().exists(), "no trace in bpffs");

@@ -91,7 +91,7 @@ fn flood_with_rule_churn_counts_exactly() {
     let sent = udp_pass["sent"].as_u64().unwrap();
     let blocked = udp_block["errors"]["EPERM"].as_u64().unwrap_or(0);
     assert_eq!(udp_pass["errors"], json!({}), "the non-matching UDP flow saw no error");
-    assert_eq!(udp_rx.next(secs + 30), json!({"received": sent}), "every non-matching datagram arrived");
+    assert_eq!(udp_rx.finish(secs + 30), json!({"received": sent}), "every non-matching datagram arrived");
     assert_eq!(udp_block["sent"], 0, "every matching datagram was rejected: {udp_block}");
     let streamed = tcp_pass["sent_bytes"].as_u64().unwrap();
     assert_eq!(sink.next(secs + 30), json!({"received_bytes": streamed}), "the non-matching TCP stream lost nothing");
