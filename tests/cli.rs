@@ -150,25 +150,7 @@ fn non_multi_program_blocks_attach() {
     // A program attached without BPF_F_ALLOW_MULTI (bpftool's default) makes
     // link creation fail with EPERM; cgdrop must say why and leave nothing.
     let cg = TestCgroup::new("exclusive");
-    let pin = PathBuf::from(format!("/sys/fs/bpf/cgdrop-test-exclusive-{}", std::process::id()));
-    let _unpin = PinGuard(pin.clone());
-    let obj = common::bpf_object();
-    let load = Command::new("bpftool")
-        .args(["prog", "load"])
-        .arg(&obj)
-        .arg(&pin)
-        .args(["type", "cgroup/skb"])
-        .output()
-        .unwrap();
-    assert!(load.status.success(), "bpftool prog load: {}", String::from_utf8_lossy(&load.stderr));
-    let attach = Command::new("bpftool")
-        .args(["cgroup", "attach"])
-        .arg(&cg.path)
-        .args(["egress", "pinned"])
-        .arg(&pin)
-        .output()
-        .unwrap();
-    assert!(attach.status.success(), "bpftool cgroup attach: {}", String::from_utf8_lossy(&attach.stderr));
+    let _foreign = common::ForeignProgram::attach(&cg, "exclusive", false);
 
     // bpftool attached a program of cgdrop's own object: it is the only one.
     let before = attached_cgdrop_progs(&cg.path);
@@ -177,16 +159,6 @@ fn non_multi_program_blocks_attach() {
     let out = cgdrop(&["--cgroup", cg.path.to_str().unwrap(), "--egress"]);
     assert_error(&out, 1, &["attaching cgdrop_egress", "BPF_F_ALLOW_MULTI", "bpftool cgroup show"]);
     assert_eq!(attached_cgdrop_progs(&cg.path), before, "cgdrop left programs attached");
-    let _ =
-        Command::new("bpftool").args(["cgroup", "detach"]).arg(&cg.path).args(["egress", "pinned"]).arg(&pin).status();
-}
-
-struct PinGuard(PathBuf);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
 }
 
 #[test]

@@ -255,33 +255,8 @@ fn unpin_leaves_foreign_programs_alone() {
     let _serial = serial();
     let cg = TestCgroup::new("foreign");
     let _unpin = Unpin::of(&cg);
-    let pin = PathBuf::from(format!("/sys/fs/bpf/cgdrop-test-foreign-{}", std::process::id()));
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
-    }
-    let _rm = Rm(pin.clone());
-    let obj = common::bpf_object();
-    let load = Command::new("bpftool")
-        .args(["prog", "load"])
-        .arg(&obj)
-        .arg(&pin)
-        .args(["type", "cgroup/skb"])
-        .output()
-        .unwrap();
-    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
-    let attach = Command::new("bpftool")
-        .args(["cgroup", "attach"])
-        .arg(&cg.path)
-        .args(["egress", "pinned"])
-        .arg(&pin)
-        .arg("multi")
-        .output()
-        .unwrap();
-    assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
-    let foreign = prog_id(&pin);
+    let foreign = common::ForeignProgram::attach(&cg, "foreign", true);
+    let foreign_id = prog_id(&foreign.pin);
     let ids = || {
         let out = Command::new("bpftool").args(["cgroup", "show"]).arg(&cg.path).output().unwrap();
         String::from_utf8_lossy(&out.stdout)
@@ -294,12 +269,10 @@ fn unpin_leaves_foreign_programs_alone() {
     ok(&["pin", "--cgroup", cg.path.to_str().unwrap()]);
     assert_eq!(ids().len(), 7, "the foreign program and cgdrop's six");
     ok(&["unpin", "--cgroup", cg.path.to_str().unwrap()]);
-    assert_eq!(ids(), vec![foreign.clone()], "only the foreign program remains");
+    assert_eq!(ids(), vec![foreign_id.clone()], "only the foreign program remains");
     ok(&["pin", "--cgroup", cg.path.to_str().unwrap()]);
     ok(&["unpin", "--all"]);
-    assert_eq!(ids(), vec![foreign], "unpin --all leaves it too");
-    let _ =
-        Command::new("bpftool").args(["cgroup", "detach"]).arg(&cg.path).args(["egress", "pinned"]).arg(&pin).status();
+    assert_eq!(ids(), vec![foreign_id], "unpin --all leaves it too");
 }
 
 #[test]

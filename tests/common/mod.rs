@@ -322,3 +322,58 @@ pub fn bpf_object() -> PathBuf {
     }
     panic!("no cgdrop.bpf.o under target/");
 }
+
+/// A program attached to a test cgroup by bpftool, as another tool would:
+/// loaded from cgdrop's object and pinned at /sys/fs/bpf/cgdrop-test-<name>-<pid>.
+/// Detached and unpinned on drop.
+pub struct ForeignProgram {
+    pub pin: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl ForeignProgram {
+    /// `multi`: attach with BPF_F_ALLOW_MULTI (else exclusively, bpftool's default).
+    pub fn attach(cg: &TestCgroup, name: &str, multi: bool) -> Self {
+        let pin = PathBuf::from(format!("/sys/fs/bpf/cgdrop-test-{name}-{}", std::process::id()));
+        let me = Self { pin: pin.clone(), cgroup: cg.path.clone() };
+        let bpftool = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("bpftool").args(args).output().expect("run bpftool");
+            assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let obj = bpf_object();
+        bpftool(&[
+            "prog".as_ref(),
+            "load".as_ref(),
+            obj.as_os_str(),
+            pin.as_os_str(),
+            "type".as_ref(),
+            "cgroup/skb".as_ref(),
+        ]);
+        let mut attach = vec![
+            "cgroup".as_ref(),
+            "attach".as_ref(),
+            cg.path.as_os_str(),
+            "egress".as_ref(),
+            "pinned".as_ref(),
+            pin.as_os_str(),
+        ];
+        if multi {
+            attach.push("multi".as_ref());
+        }
+        bpftool(&attach);
+        me
+    }
+}
+
+impl Drop for ForeignProgram {
+    fn drop(&mut self) {
+        let _ = Command::new("bpftool")
+            .arg("cgroup")
+            .arg("detach")
+            .arg(&self.cgroup)
+            .args(["egress", "pinned"])
+            .arg(&self.pin)
+            .output();
+        let _ = fs::remove_file(&self.pin);
+    }
+}
