@@ -25,6 +25,15 @@ pub struct Policy {
     pub dry_run: bool,
 }
 
+/// "ingress+egress", "ingress" or "egress".
+pub fn directions(ingress: bool, egress: bool) -> &'static str {
+    match (ingress, egress) {
+        (true, true) => "ingress+egress",
+        (true, false) => "ingress",
+        _ => "egress",
+    }
+}
+
 impl Policy {
     /// Builds a policy from the flags, resolving `--iface` with `if_nametoindex`.
     pub fn from_args(args: &PolicyArgs) -> Result<Self> {
@@ -94,11 +103,7 @@ impl Policy {
 
     /// A short human description, e.g. "egress traffic on interface lo, port 8080".
     pub fn describe(&self) -> String {
-        let dirs = match (self.ingress, self.egress) {
-            (true, true) => "ingress+egress",
-            (true, false) => "ingress",
-            _ => "egress",
-        };
+        let dirs = directions(self.ingress, self.egress);
         let iface = self.iface.as_ref().map_or("every interface".to_string(), |(n, _)| format!("interface {n}"));
         let port = self.port.map_or("every port".to_string(), |p| format!("port {p}"));
         let count = |a| self.rules.iter().filter(|r| r.action == a).count();

@@ -65,11 +65,7 @@ fn iface_name(ifindex: u32) -> Option<String> {
 }
 
 fn describe(c: &Config, unmatched_pass: bool, allow: usize, deny: usize) -> String {
-    let dirs = match (c.ingress, c.egress) {
-        (true, true) => "ingress+egress",
-        (true, false) => "ingress",
-        _ => "egress",
-    };
+    let dirs = crate::policy::directions(c.ingress, c.egress);
     let iface = match c.ifindex {
         0 => "every interface".to_string(),
         i => format!("interface {} (index {i})", iface_name(i).unwrap_or_else(|| "?".into())),

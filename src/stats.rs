@@ -102,21 +102,6 @@ impl Stats {
         }
         out
     }
-
-    /// One line for the `--interval` report.
-    pub fn line(&self) -> String {
-        format!(
-            "ingress {}/{} pkts dropped, egress {}/{} pkts dropped, connect {}/{} rejected, sendmsg {}/{} rejected",
-            self.ingress.dropped_packets,
-            self.ingress.packets,
-            self.egress.dropped_packets,
-            self.egress.packets,
-            self.connect.rejected,
-            self.connect.attempts,
-            self.sendmsg.rejected,
-            self.sendmsg.attempts
-        )
-    }
 }
 
 #[cfg(test)]

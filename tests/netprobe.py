@@ -106,17 +106,24 @@ def tcp_serve(addr, port, secs):
     say({"accepted": accepted})
 
 
-def tcp_connect(addr, port, secs):
+def connect_once(addr, port, timeout):
+    """One TCP connect(): "ok", "timeout" or the errno's name."""
     s = socket.socket(family(addr), socket.SOCK_STREAM)
-    s.settimeout(float(secs))
-    start = time.monotonic()
+    s.settimeout(timeout)
     try:
         s.connect((addr, int(port)))
-        result = "ok"
+        return "ok"
     except socket.timeout:
-        result = "timeout"
+        return "timeout"
     except OSError as e:
-        result = errno.errorcode.get(e.errno, str(e.errno))
+        return errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+
+
+def tcp_connect(addr, port, secs):
+    start = time.monotonic()
+    result = connect_once(addr, port, float(secs))
     ms = (time.monotonic() - start) * 1000
     say({"result": result, "ms": round(ms, 3)})
 
@@ -188,16 +195,7 @@ def tcp_connects(addr, port, secs):
     deadline = time.monotonic() + float(secs)
     results = {}
     while time.monotonic() < deadline:
-        s = socket.socket(family(addr), socket.SOCK_STREAM)
-        s.settimeout(2)
-        try:
-            s.connect((addr, int(port)))
-            result = "ok"
-        except socket.timeout:
-            result = "timeout"
-        except OSError as e:
-            result = errno.errorcode.get(e.errno, str(e.errno))
-        s.close()
+        result = connect_once(addr, port, 2)
         results[result] = results.get(result, 0) + 1
         time.sleep(0.002)
     say({"attempts": sum(results.values()), "results": results})
