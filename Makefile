@@ -21,19 +21,21 @@ build: deps
 	$(CARGO) build --release --locked
 
 # Unit tests, CLI tests and, as root, the end-to-end and BPF_PROG_TEST_RUN
-# tests. The release build is for the `make install` test.
+# tests (marked #[ignore = "needs root…"], so a plain `cargo test` without root
+# lists them as ignored). The release build is for the `make install` test.
+ROOT_TESTS = $(shell [ "$$(id -u)" = 0 ] && echo --include-ignored)
 test: deps
 	$(CARGO) build --release --locked
-	$(CARGO) test --locked -- --test-threads=$$(nproc)
+	$(CARGO) test --locked -- --test-threads=$$(nproc) $(ROOT_TESTS)
 
 # The load test at full length (30 s; `make test` runs it for 5 s), root.
 soak: deps
-	CGDROP_SOAK_SECS=30 $(CARGO) test --locked --test soak -- --nocapture
+	CGDROP_SOAK_SECS=30 $(CARGO) test --locked --test soak -- --nocapture --include-ignored
 
 # The parsers and the BPF packet parser at length (root for the latter).
 fuzz: deps
 	PROPTEST_CASES=200000 $(CARGO) test --release --locked --test properties
-	CGDROP_FUZZ_PACKETS=200000 $(CARGO) test --release --locked --test prog_test_run random_packets
+	CGDROP_FUZZ_PACKETS=200000 $(CARGO) test --release --locked --test prog_test_run random_packets -- --include-ignored
 
 # The binary, man page, completions and systemd unit; with CGROUP=… also pins a
 # policy (cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)); without it,

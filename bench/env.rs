@@ -42,7 +42,7 @@ pub struct BenchCgroup {
 
 impl BenchCgroup {
     pub fn new(what: &str) -> Result<Self> {
-        let root = cgdrop::cgroup::cgroup2_root()?;
+        let root = cgdrop::host::cgroup::cgroup2_root()?;
         let name = format!("cgdrop-test-bench-{what}-{}", std::process::id());
         let path = root.join(&name);
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -152,7 +152,7 @@ impl NftTable {
     pub fn load(script: &str) -> Result<(Self, Duration)> {
         let file = std::env::temp_dir().join(format!("cgdrop-test-bench-{}.nft", std::process::id()));
         fs::write(&file, script)?;
-        let root = cgdrop::cgroup::cgroup2_root()?;
+        let root = cgdrop::host::cgroup::cgroup2_root()?;
         // date +%s%N around nft only: the namespace set-up is not nft's cost.
         let sh = format!(
             "{}s=$(date +%s%N); nft -f {f} || exit 1; e=$(date +%s%N); echo $((e - s))",

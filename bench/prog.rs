@@ -5,11 +5,13 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use cgdrop::{
-    loader,
+    kernel::{
+        loader,
+        rulemaps::Installed,
+        skel::{CgdropSkel, CgdropSkelBuilder},
+    },
     policy::Policy,
-    rulemaps::Installed,
     rules::{Action, Rule, Target},
-    skel::{CgdropSkel, CgdropSkelBuilder},
 };
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
@@ -146,6 +148,7 @@ pub fn per_packet_cost() -> Result<String> {
             port: config.port,
             rules,
             rules_file: None,
+            cli_rules: Vec::new(),
             silent: false,
             dry_run: false,
         };

@@ -73,18 +73,7 @@ fn bpftool_attach(cg: &BenchCgroup) -> Result<Duration> {
 }
 
 fn find_object() -> Result<PathBuf> {
-    let mut stack = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/build")];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "cgdrop-plain.bpf.o") {
-                return Ok(p);
-            }
-        }
-    }
-    bail!("no cgdrop-plain.bpf.o under target/release/build")
+    Ok(PathBuf::from(cgdrop::kernel::BPF_OBJECT_PLAIN))
 }
 
 pub fn startup() -> Result<String> {

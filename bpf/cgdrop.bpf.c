@@ -31,28 +31,8 @@
 #define MAX_IPV6_EXT 4
 /* Expired rules looked past per lookup before giving up (userspace deletes them). */
 #define MAX_EXPIRED_SKIPS 4
-/* Rules per address family. */
-#define MAX_RULES (1 << 20)
-/* The port part of a trie key, in bits. */
-#define PORT_BITS 16
-
-/* Interface index a packet must use to be in scope; 0 = every interface. */
-const volatile __u32 cfg_ifindex = 0;
-/* TCP/UDP port (host order) a packet's source or destination must have; 0 = any. */
-const volatile __u16 cfg_port = 0;
-/*
- * CGDROP_DIR_* bits: the directions whose traffic is dropped. Typed as the
- * enum (a bit set of its values) so the enum reaches Rust through BTF.
- */
-const volatile enum cgdrop_direction cfg_directions = 0;
-/* CGDROP_MODE_* bits. */
-const volatile enum cgdrop_mode cfg_modes = 0;
-/*
- * Not configuration: makes these enums part of the object's BTF so that the
- * Rust side gets their values from the generated types.
- */
-const volatile enum cgdrop_stat_slot cfg_stat_slots = CGDROP_STAT_SLOTS;
-const volatile enum cgdrop_action cfg_actions = 0;
+/* The configuration of this load (see struct cgdrop_config). */
+const volatile struct cgdrop_config cfg = {};
 
 /*
  * What happens to traffic no rule matches: 0 = dropped (the policy has no
@@ -78,7 +58,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, MAX_RULES);
+	__uint(max_entries, CGDROP_MAX_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct cgdrop_key_v4);
 	__type(value, struct cgdrop_rule);
@@ -86,7 +66,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, MAX_RULES);
+	__uint(max_entries, CGDROP_MAX_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct cgdrop_key_v6);
 	__type(value, struct cgdrop_rule);
@@ -151,7 +131,7 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 		if (!r)
 			return 0;
 		action = live_action(r, now);
-		if (action || r->prefixlen <= PORT_BITS)
+		if (action || r->prefixlen <= CGDROP_PORT_BITS)
 			return action;
 		*prefixlen = r->prefixlen - 1;
 	}
@@ -160,7 +140,7 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 
 static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
 {
-	struct cgdrop_key_v4 key = { .prefixlen = PORT_BITS + 32, .port = bpf_htons(port) };
+	struct cgdrop_key_v4 key = { .prefixlen = CGDROP_PORT_BITS + 32, .port = bpf_htons(port) };
 
 	__builtin_memcpy(key.addr, addr, 4);
 	return lookup_live(&rules_v4, &key, &key.prefixlen, now);
@@ -168,7 +148,7 @@ static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
 
 static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now)
 {
-	struct cgdrop_key_v6 key = { .prefixlen = PORT_BITS + 128, .port = bpf_htons(port) };
+	struct cgdrop_key_v6 key = { .prefixlen = CGDROP_PORT_BITS + 128, .port = bpf_htons(port) };
 
 	__builtin_memcpy(key.addr, addr, 16);
 	return lookup_live(&rules_v6, &key, &key.prefixlen, now);
@@ -318,10 +298,10 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 {
 	struct pkt_info pkt = {};
 
-	if (cfg_ifindex && skb->ifindex != cfg_ifindex)
+	if (cfg.ifindex && skb->ifindex != cfg.ifindex)
 		return false;
 	/* Nothing to match a packet against: no need to read it. */
-	if (!cfg_port && !has_rules)
+	if (!cfg.port && !has_rules)
 		return !unmatched_pass;
 	/* skb->protocol, not skb->family: the latter is the socket's family. */
 	if (skb->protocol == bpf_htons(ETH_P_IP))
@@ -329,7 +309,7 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		parse_ipv6(skb, &pkt, egress);
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
-	if (cfg_port && !(pkt.has_ports && (pkt.sport == cfg_port || pkt.dport == cfg_port)))
+	if (cfg.port && !(pkt.has_ports && (pkt.sport == cfg.port || pkt.dport == cfg.port)))
 		return false;
 	if (!pkt.has_ports)
 		return policy_drops(pkt.family, pkt.addr, 0);
@@ -348,20 +328,20 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		count(&c->packets, segs);
 		count(&c->bytes, len);
 	}
-	if (!(cfg_directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS))
+	if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS))
 		return 1;
 	if (c) {
 		count(&c->dropped_packets, segs);
 		count(&c->dropped_bytes, len);
 	}
-	if (cfg_modes & CGDROP_MODE_DRY_RUN)
+	if (cfg.modes & CGDROP_MODE_DRY_RUN)
 		return 1;
 	/*
 	 * Egress 2 = drop with congestion notification: the kernel reports
 	 * NET_XMIT_DROP instead of EPERM, which UDP hides from the sender, so a
 	 * silent policy looks like a cut cable rather than a refusal.
 	 */
-	if ((cfg_modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS)
+	if ((cfg.modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS)
 		return 2;
 	return 0;
 }
@@ -392,15 +372,15 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	if (c)
 		count(&c->packets, 1);
 	/* The outgoing interface is not known at connect() time: never reject then. */
-	if (cfg_ifindex || !cfg_directions || (cfg_modes & CGDROP_MODE_SILENT))
+	if (cfg.ifindex || !cfg.directions || (cfg.modes & CGDROP_MODE_SILENT))
 		return 1;
-	if (ctx->type != SOCK_STREAM && !(cfg_directions & CGDROP_DIR_EGRESS))
+	if (ctx->type != SOCK_STREAM && !(cfg.directions & CGDROP_DIR_EGRESS))
 		return 1;
-	if (cfg_port) {
+	if (cfg.port) {
 		if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 			return 1;
 		/* A socket bound to the filtered port sends from it. */
-		if (remote_port != cfg_port && ctx->sk->src_port != cfg_port)
+		if (remote_port != cfg.port && ctx->sk->src_port != cfg.port)
 			return 1;
 	}
 	if (family == 4) {
@@ -418,7 +398,7 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	}
 	if (c)
 		count(&c->dropped_packets, 1);
-	return (cfg_modes & CGDROP_MODE_DRY_RUN) ? 1 : 0;
+	return (cfg.modes & CGDROP_MODE_DRY_RUN) ? 1 : 0;
 }
 
 SEC("cgroup/connect4")

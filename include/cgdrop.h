@@ -49,6 +49,43 @@ enum cgdrop_action {
 	CGDROP_ACTION_DENY = 2,
 };
 
+/* Limits both sides must agree on. */
+enum cgdrop_limits {
+	/* Rules per address family: the size of each LPM trie. */
+	CGDROP_MAX_RULES = 1 << 20,
+	/* The port part of a trie key, in bits. */
+	CGDROP_PORT_BITS = 16,
+	/* Longest cgroup path a pinned policy records (NUL included). */
+	CGDROP_PATH_MAX = 4080,
+};
+
+/*
+ * The layout of what a pinned policy keeps (maps, their value types, this
+ * header's structs). Raised whenever one of them changes, so that a policy
+ * pinned by another cgdrop is refused with a message instead of misread.
+ */
+enum cgdrop_layout {
+	CGDROP_LAYOUT_VERSION = 2,
+};
+
+/*
+ * The configuration fixed for one load: the one rodata variable `cfg`,
+ * written by the loader before the programs are verified (so the verifier
+ * prunes what the policy does not use) and read back from a pinned policy's
+ * `rodata` map.
+ */
+struct cgdrop_config {
+	/* Interface index a packet must use to be in scope; 0 = every interface. */
+	__u32 ifindex;
+	/* TCP/UDP port (host order) a packet's source or destination must have; 0 = any. */
+	__u16 port;
+	__u16 pad;
+	/* CGDROP_DIR_* bits: the directions whose traffic is dropped. */
+	enum cgdrop_direction directions;
+	/* CGDROP_MODE_* bits. */
+	enum cgdrop_mode modes;
+};
+
 /*
  * Keys of the LPM tries `rules_v4` and `rules_v6`. The trie matches the bytes
  * after `prefixlen` from the first bit on: the port (network order; 0 = any
@@ -73,15 +110,9 @@ struct cgdrop_key_v6 {
 struct cgdrop_rule {
 	/* CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) after which the rule no longer matches; 0 = never. */
 	__u64 expires_ns;
-	/* enum cgdrop_action */
-	__u32 action;
+	enum cgdrop_action action;
 	/* The key's prefixlen, so that an expired rule can be looked past. */
 	__u32 prefixlen;
-};
-
-/* Longest cgroup path a pinned policy records (NUL included). */
-enum cgdrop_limits {
-	CGDROP_PATH_MAX = 4080,
 };
 
 /*
@@ -93,6 +124,12 @@ struct cgdrop_info {
 	__u64 cgroup_id;
 	/* CLOCK_REALTIME seconds when the policy was pinned. */
 	__u64 pinned_at;
+	/* CGDROP_LAYOUT_VERSION of the cgdrop that pinned it. */
+	enum cgdrop_layout layout;
+	/* CGDROP_STAT_SLOTS and CGDROP_MAX_RULES of that cgdrop (checked with the layout). */
+	enum cgdrop_stat_slot stat_slots;
+	enum cgdrop_limits max_rules;
+	__u32 pad;
 	char cgroup_path[CGDROP_PATH_MAX];
 };
 

@@ -2,9 +2,9 @@
 //! comments; validation beyond what clap checks happens in `policy` and `cgroup`.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{error::ErrorKind, ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{error::ErrorKind, ArgGroup, Args, Parser, Subcommand};
 
-use crate::rules::{parse_duration, Target};
+use crate::rules::{parse_duration, Action, Target};
 
 /// Drop the network traffic of every process of one cgroup v2, with eBPF.
 ///
@@ -176,7 +176,7 @@ pub enum RuleCommand {
         #[arg(long, value_name = "PATH")]
         cgroup: PathBuf,
         /// allow or deny.
-        action: RuleAction,
+        action: Action,
         /// CIDR[:PORT], as for --block and --allow.
         rule: Target,
         /// Remove the rule after DURATION (30s, 5m, 1h, 2d).
@@ -199,12 +199,6 @@ pub enum RuleCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RuleAction {
-    Allow,
-    Deny,
 }
 
 /// What to drop: directions, interface, port.

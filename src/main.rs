@@ -9,7 +9,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    match cgdrop::run(&cli) {
+    match cgdrop::commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("cgdrop: {e:#}");

@@ -21,17 +21,11 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Where the file rules came from (SIGHUP re-reads it).
     pub rules_file: Option<PathBuf>,
+    /// The command line's rules alone, the part of `rules` a reload of
+    /// the file keeps.
+    pub cli_rules: Vec<Rule>,
     pub silent: bool,
     pub dry_run: bool,
-}
-
-/// "ingress+egress", "ingress" or "egress".
-pub fn directions(ingress: bool, egress: bool) -> &'static str {
-    match (ingress, egress) {
-        (true, true) => "ingress+egress",
-        (true, false) => "ingress",
-        _ => "egress",
-    }
 }
 
 impl Policy {
@@ -54,6 +48,7 @@ impl Policy {
                 None => bail!("unknown interface '{name}': `ip link` lists the interfaces of this network namespace"),
             },
         };
+        let flags = args.block.iter().map(|t| (Action::Deny, t)).chain(args.allow.iter().map(|t| (Action::Allow, t)));
         let mut policy = Self {
             ingress,
             egress,
@@ -61,6 +56,7 @@ impl Policy {
             port: args.port,
             rules: Vec::new(),
             rules_file: args.rules_file.clone(),
+            cli_rules: flags.map(|(action, t)| Rule { action, target: *t, ttl: None }).collect(),
             silent: args.silent,
             dry_run: args.dry_run,
         };
@@ -68,15 +64,21 @@ impl Policy {
             Some(path) => rules::read_rules_file(path)?,
             None => Vec::new(),
         };
-        policy.set_rules(args, file_rules)?;
+        policy.set_file_rules(file_rules)?;
         Ok(policy)
     }
 
-    /// Sets the rules: the command line's, then `file_rules` (a reload passes
-    /// the file's new contents).
-    pub fn set_rules(&mut self, args: &PolicyArgs, file_rules: Vec<Rule>) -> Result<()> {
-        let flags = args.block.iter().map(|t| (Action::Deny, t)).chain(args.allow.iter().map(|t| (Action::Allow, t)));
-        let mut rules: Vec<Rule> = flags.map(|(action, t)| Rule { action, target: *t, ttl: None }).collect();
+    /// The same policy with the rules file read again (SIGHUP); `None` when
+    /// the policy has no rules file.
+    pub fn reloaded(&self) -> Option<Result<Self>> {
+        let path = self.rules_file.as_ref()?;
+        let mut next = self.clone();
+        Some(rules::read_rules_file(path).and_then(|file_rules| next.set_file_rules(file_rules)).map(|()| next))
+    }
+
+    /// Sets the rules: the command line's, then `file_rules`.
+    fn set_file_rules(&mut self, file_rules: Vec<Rule>) -> Result<()> {
+        let mut rules = self.cli_rules.clone();
         rules.extend(file_rules);
         rules::check_capacity(&rules)?;
         rules::check_conflicts(&rules)?;
@@ -100,33 +102,12 @@ impl Policy {
     pub fn rejects_calls(&self) -> bool {
         self.iface.is_none() && !self.silent
     }
-
-    /// A short human description, e.g. "egress traffic on interface lo, port 8080".
-    pub fn describe(&self) -> String {
-        let dirs = directions(self.ingress, self.egress);
-        let iface = self.iface.as_ref().map_or("every interface".to_string(), |(n, _)| format!("interface {n}"));
-        let port = self.port.map_or("every port".to_string(), |p| format!("port {p}"));
-        let count = |a| self.rules.iter().filter(|r| r.action == a).count();
-        let (allow, deny) = (count(Action::Allow), count(Action::Deny));
-        let rules = match (allow, deny) {
-            (0, 0) => String::new(),
-            (a, 0) => format!(", except {a} allowed target(s)"),
-            (0, d) => format!(", to or from {d} denied target(s)"),
-            (a, d) => format!(", to or from {d} denied target(s) except {a} allowed"),
-        };
-        let mode = match (self.dry_run, self.silent) {
-            (true, _) => " (dry run: nothing is dropped)",
-            (false, true) => " (silent)",
-            _ => "",
-        };
-        format!("{dirs} traffic on {iface}, {port}{rules}{mode}")
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::{cli::Cli, output::describe};
     use clap::Parser;
 
     fn policy(args: &[&str]) -> Result<Policy> {
@@ -204,13 +185,13 @@ mod tests {
 
     #[test]
     fn describe_names_what_is_dropped() {
-        assert_eq!(policy(&[]).unwrap().describe(), "ingress+egress traffic on every interface, every port");
+        assert_eq!(describe(&policy(&[]).unwrap()), "ingress+egress traffic on every interface, every port");
         assert_eq!(
-            policy(&["--egress", "--iface", "lo", "--port", "80"]).unwrap().describe(),
+            describe(&policy(&["--egress", "--iface", "lo", "--port", "80"]).unwrap()),
             "egress traffic on interface lo, port 80"
         );
         assert_eq!(
-            policy(&["--block", "10.0.0.0/8", "--dry-run"]).unwrap().describe(),
+            describe(&policy(&["--block", "10.0.0.0/8", "--dry-run"]).unwrap()),
             "ingress+egress traffic on every interface, every port, to or from 1 denied target(s) (dry run: nothing is dropped)"
         );
     }

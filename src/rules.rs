@@ -13,8 +13,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// What a rule does to matching traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+use crate::kernel::config::MAX_RULES_PER_FAMILY;
+
+/// What a rule does to matching traffic (also the `rule add|del` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Action {
     Allow,
     Deny,
@@ -219,9 +221,6 @@ pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>> {
         .with_context(|| format!("rules file {}", path.display()))?;
     parse_rules(&text).with_context(|| format!("rules file {}", path.display()))
 }
-
-/// Rules per address family the kernel's tries hold (MAX_RULES in bpf/cgdrop.bpf.c).
-pub const MAX_RULES_PER_FAMILY: usize = 1 << 20;
 
 /// Refuses more rules of one family than the tries hold.
 pub fn check_capacity(rules: &[Rule]) -> Result<()> {

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{assert_detached, attached_cgdrop_progs, skip_unless_root, Cgdrop, Probe, TestCgroup, CGDROP};
+use common::{assert_detached, attached_cgdrop_progs, Cgdrop, Probe, TestCgroup, CGDROP};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -41,10 +41,8 @@ impl Drop for Cleanup {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn two_instances_on_one_cgroup() {
-    if skip_unless_root() {
-        return;
-    }
     let cg = TestCgroup::new("two");
     let path = cg.path.to_str().unwrap();
     let (_s2, p2) = Probe::listen(None, "tcp-serve", "127.0.0.2", "20");
@@ -69,10 +67,8 @@ fn two_instances_on_one_cgroup() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn foreground_and_pinned_on_one_cgroup() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("fgpin");
     let path = cg.path.to_str().unwrap().to_string();
@@ -96,10 +92,8 @@ fn pinned_stats(path: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn rule_changes_race_with_traffic_and_counters_never_go_back() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("race");
     let path = cg.path.to_str().unwrap().to_string();
@@ -127,10 +121,8 @@ fn rule_changes_race_with_traffic_and_counters_never_go_back() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn rule_add_racing_with_unpin_and_unpin_all_racing_with_pin() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("unpinrace");
     let path = cg.path.to_str().unwrap().to_string();

@@ -12,7 +12,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use common::{attached_cgdrop_progs, skip_unless_root, Probe, TestCgroup, CGDROP};
+use common::{attached_cgdrop_progs, Probe, TestCgroup, CGDROP};
 use serde_json::{json, Value};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -72,10 +72,8 @@ fn connect(cg: &TestCgroup, addr: &str, port: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn pinned_policy_outlives_cgdrop_and_keeps_counting() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("pin");
     let _unpin = Unpin::of(&cg);
@@ -120,10 +118,8 @@ fn pinned_policy_outlives_cgdrop_and_keeps_counting() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn replace_under_traffic_lets_nothing_through() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("replace");
     let _unpin = Unpin::of(&cg);
@@ -163,10 +159,8 @@ fn replace_under_traffic_lets_nothing_through() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn rule_add_and_del_change_live_verdicts() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("rules");
     let _unpin = Unpin::of(&cg);
@@ -200,10 +194,8 @@ fn rule_add_and_del_change_live_verdicts() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn expired_rules_are_deleted_when_touched() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("expire");
     let _unpin = Unpin::of(&cg);
@@ -220,10 +212,8 @@ fn expired_rules_are_deleted_when_touched() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn defunct_policy_is_reported_and_unpinned_by_its_old_path() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("defunct");
     let unpin = Unpin::of(&cg);
@@ -248,10 +238,8 @@ fn prog_id(pin: &Path) -> String {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn unpin_leaves_foreign_programs_alone() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("foreign");
     let _unpin = Unpin::of(&cg);
@@ -276,10 +264,8 @@ fn unpin_leaves_foreign_programs_alone() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn parent_and_child_policies_both_apply() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let parent = TestCgroup::new("parent");
     let child_path = parent.path.join("child");
@@ -301,10 +287,8 @@ fn parent_and_child_policies_both_apply() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn pinned_programs_attach_by_hand() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let cg = TestCgroup::new("progs");
     struct UnpinAll;
@@ -344,10 +328,8 @@ fn pinned_programs_attach_by_hand() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn make_install_pins_and_uninstall_leaves_no_trace() {
-    if skip_unless_root() {
-        return;
-    }
     let _serial = serial();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if !root.join("target/release/cgdrop").exists() {

@@ -13,14 +13,15 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use cgdrop::{
-    loader,
+    kernel::{
+        loader,
+        rulemaps::{self, Installed, RuleMaps},
+        skel::CgdropSkel,
+        stats::{self, Traffic},
+    },
     policy::Policy,
-    rulemaps::{self, Installed, RuleMaps},
     rules::{Action, Rule, Target},
-    skel::CgdropSkel,
-    stats::{self, Traffic},
 };
-use common::skip_unless_root;
 use libbpf_rs::{OpenObject, ProgramInput};
 
 const PASS: u32 = 1;
@@ -123,6 +124,7 @@ fn policy(port: Option<u16>, ifindex: u32) -> Policy {
         port,
         rules: Vec::new(),
         rules_file: None,
+        cli_rules: Vec::new(),
         silent: false,
         dry_run: false,
     }
@@ -179,10 +181,8 @@ fn read_stats(skel: &CgdropSkel<'_>) -> stats::Stats {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn no_filter_drops_every_packet() {
-    if skip_unless_root() {
-        return;
-    }
     check(
         &policy(None, 0),
         &[
@@ -198,10 +198,8 @@ fn no_filter_drops_every_packet() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn port_filter_matches_source_or_destination() {
-    if skip_unless_root() {
-        return;
-    }
     check(
         &policy(Some(53), 0),
         &[
@@ -221,10 +219,8 @@ fn port_filter_matches_source_or_destination() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn port_filter_on_fragments_and_extension_headers() {
-    if skip_unless_root() {
-        return;
-    }
     check(
         &policy(Some(53), 0),
         &[
@@ -248,10 +244,8 @@ fn port_filter_on_fragments_and_extension_headers() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn port_filter_on_truncated_packets_passes() {
-    if skip_unless_root() {
-        return;
-    }
     let mut ipv4_cut = ipv4(IPPROTO_UDP, 0, &udp(40000, 53));
     ipv4_cut.truncate(14 + 20 + 2); // half the UDP ports
     let mut ipv6_cut = ipv6(IPPROTO_TCP, &[], &tcp(40000, 53));
@@ -274,20 +268,16 @@ fn port_filter_on_truncated_packets_passes() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn interface_filter() {
-    if skip_unless_root() {
-        return;
-    }
     // BPF_PROG_TEST_RUN gives the packet the loopback device (ifindex 1).
     check(&policy(None, 1), &[("udp on lo", ipv4(IPPROTO_UDP, 0, &udp(1, 2)), DROP)]);
     check(&policy(None, 4242), &[("udp on another interface", ipv4(IPPROTO_UDP, 0, &udp(1, 2)), PASS)]);
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn unselected_direction_passes() {
-    if skip_unless_root() {
-        return;
-    }
     let egress_only = Policy { ingress: false, ..policy(None, 0) };
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let skel = loader::load(&egress_only, &mut object).expect("load");
@@ -303,10 +293,8 @@ fn unselected_direction_passes() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn longest_prefix_wins() {
-    if skip_unless_root() {
-        return;
-    }
     let udp = udp(5000, 5000);
     check(
         &with_rules(&[("deny", "10.0.0.0/8"), ("allow", "10.1.0.0/16"), ("deny", "10.1.2.0/24")]),
@@ -329,10 +317,8 @@ fn longest_prefix_wins() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn port_rule_beats_portless_rule() {
-    if skip_unless_root() {
-        return;
-    }
     // Source and destination port equal, so that both programs see it as the remote port.
     check(
         &with_rules(&[
@@ -358,10 +344,8 @@ fn port_rule_beats_portless_rule() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn allow_only_and_ipv4_mapped() {
-    if skip_unless_root() {
-        return;
-    }
     let udp = udp(5000, 5000);
     check(
         &with_rules(&[("allow", "127.0.0.0/8"), ("allow", "::1")]),
@@ -377,10 +361,8 @@ fn allow_only_and_ipv4_mapped() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn expired_rules_do_not_match() {
-    if skip_unless_root() {
-        return;
-    }
     let p = policy(None, 0);
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let mut skel = loader::load(&p, &mut object).expect("load");
@@ -416,10 +398,8 @@ fn expired_rules_do_not_match() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn dry_run_counts_but_passes() {
-    if skip_unless_root() {
-        return;
-    }
     let p = Policy { dry_run: true, ..policy(None, 0) };
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let skel = loader::load(&p, &mut object).expect("load");
@@ -434,10 +414,8 @@ fn dry_run_counts_but_passes() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn silent_egress_drops_with_congestion_notification() {
-    if skip_unless_root() {
-        return;
-    }
     let p = Policy { silent: true, ..policy(None, 0) };
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let skel = loader::load(&p, &mut object).expect("load");
@@ -451,10 +429,8 @@ fn silent_egress_drops_with_congestion_notification() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn addresses_are_read_from_the_right_header_field() {
-    if skip_unless_root() {
-        return;
-    }
     // Egress matches the destination, ingress the source: a packet from
     // 10.0.0.1 to 192.0.2.1 with 10.0.0.0/8 denied.
     let p = with_rules(&[("deny", "10.0.0.0/8")]);
@@ -513,10 +489,8 @@ fn random_packet(rng: &mut Rng) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn random_packets_follow_the_policy() {
-    if skip_unless_root() {
-        return;
-    }
     // 5,000 packets in `make test`; `make fuzz` sets CGDROP_FUZZ_PACKETS higher.
     let n: u64 = std::env::var("CGDROP_FUZZ_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let seed = std::env::var("CGDROP_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_cafe_f00d_0001);

@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, ExitStatus, Stdio},
@@ -19,21 +19,8 @@ use serde_json::Value;
 
 pub const CGDROP: &str = env!("CARGO_BIN_EXE_cgdrop");
 
-/// True (after printing "skipped: needs root") when the test cannot run.
-#[track_caller]
-pub fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    // Written to the real stderr, not through eprintln!, which libtest
-    // captures and hides for passing tests: a skip must be visible.
-    let at = std::panic::Location::caller();
-    let _ = writeln!(std::io::stderr(), "skipped: needs root ({}:{})", at.file(), at.line());
-    true
-}
-
 pub fn cgroup2_root() -> PathBuf {
-    cgdrop::cgroup::cgroup2_root().expect("a cgroup2 mount")
+    cgdrop::host::cgroup::cgroup2_root().expect("a cgroup2 mount")
 }
 
 /// A fresh cgroup `cgdrop-test-<name>-<pid>` under the cgroup2 root. On drop,
@@ -306,21 +293,10 @@ pub fn summary(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary {stdout:?}: {e}"))
 }
 
-/// The compiled BPF object build.rs keeps in the build directory, for tests
+/// The compiled BPF object build.rs keeps beside the skeleton, for tests
 /// that load it with bpftool as another tool would.
 pub fn bpf_object() -> PathBuf {
-    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("target")];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "cgdrop.bpf.o") {
-                return p;
-            }
-        }
-    }
-    panic!("no cgdrop.bpf.o under target/");
+    PathBuf::from(cgdrop::kernel::BPF_OBJECT)
 }
 
 /// A program attached to a test cgroup by bpftool, as another tool would:

@@ -1,10 +1,10 @@
-//! Counters: reads the per-CPU `stats` map, sums the CPUs, and presents the
-//! result as the summary table (stderr), the interval line, or JSON (stdout).
+//! Counters: reads the per-CPU `stats` map and sums the CPUs into `Stats`
+//! (its JSON shape is the documented summary; `output` draws the rest).
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 use serde::Serialize;
 
-use crate::skel::types::{cgdrop_counters, cgdrop_stat_slot};
+use crate::kernel::skel::types::{cgdrop_counters, cgdrop_stat_slot};
 
 // SAFETY: cgdrop_counters is four u64 generated from BTF: no padding, and every
 // bit pattern is a valid value.
@@ -84,24 +84,6 @@ pub fn read(map: &impl MapCore) -> Result<Stats> {
         connect: calls(slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT4)?, slot(cgdrop_stat_slot::CGDROP_STAT_CONNECT6)?),
         sendmsg: calls(slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG4)?, slot(cgdrop_stat_slot::CGDROP_STAT_SENDMSG6)?),
     })
-}
-
-impl Stats {
-    /// The multi-line summary table.
-    pub fn table(&self) -> String {
-        let mut out =
-            format!("{:<9} {:>12} {:>14} {:>12} {:>14}\n", "", "packets", "bytes", "dropped", "dropped bytes");
-        for (name, t) in [("ingress", &self.ingress), ("egress", &self.egress)] {
-            out += &format!(
-                "{name:<9} {:>12} {:>14} {:>12} {:>14}\n",
-                t.packets, t.bytes, t.dropped_packets, t.dropped_bytes
-            );
-        }
-        for (name, c) in [("connect", &self.connect), ("sendmsg", &self.sendmsg)] {
-            out += &format!("{name:<9} {:>12} attempts, {} rejected with EPERM\n", c.attempts, c.rejected);
-        }
-        out
-    }
 }
 
 #[cfg(test)]

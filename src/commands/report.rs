@@ -9,7 +9,7 @@ use std::{
         Arc,
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -18,10 +18,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::{
     cli::StatsArgs,
-    pin::{Config, Pinned},
-    preflight, rulecmd,
+    commands::rule,
+    host::preflight,
+    kernel::stats::{self, Stats},
+    output::{self, Rates, Redraw},
+    pins::pinned::Pinned,
     rules::Action,
-    stats::{self, Stats},
 };
 
 #[derive(Serialize)]
@@ -53,53 +55,17 @@ struct StatusJson {
     pinned_at: u64,
 }
 
-fn iface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as nix::libc::c_char; nix::libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let ret = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if ret.is_null() {
-        return None;
-    }
-    let bytes: Vec<u8> = buf.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-    Some(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-fn describe(c: &Config, unmatched_pass: bool, allow: usize, deny: usize) -> String {
-    let dirs = crate::policy::directions(c.ingress, c.egress);
-    let iface = match c.ifindex {
-        0 => "every interface".to_string(),
-        i => format!("interface {} (index {i})", iface_name(i).unwrap_or_else(|| "?".into())),
-    };
-    let port = if c.port == 0 { "every port".to_string() } else { format!("port {}", c.port) };
-    let mut s = format!(
-        "{dirs} on {iface}, {port}; {allow} allow and {deny} deny rules; unmatched traffic {}",
-        if unmatched_pass { "passes" } else { "is dropped" }
-    );
-    if c.silent {
-        s += "; silent";
-    }
-    if c.dry_run {
-        s += "; dry run";
-    }
-    s
-}
-
-fn age(pinned_at: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{} ago", rulecmd::format_secs(now.saturating_sub(pinned_at)))
-}
-
 /// `cgdrop status [--json]`.
 pub fn status(json: bool) -> Result<()> {
     preflight::check()?;
     let mut out = Vec::new();
     for p in Pinned::list()? {
         let config = p.config()?;
-        let rules = rulecmd::live_rules(&p)?;
+        let rules = rule::live_rules(&p)?;
         let count = |a| rules.0.iter().filter(|(_, action, _)| *action == a).count();
         let unmatched_pass = p.unmatched_pass()?;
         out.push((
-            describe(&config, unmatched_pass, count(Action::Allow), count(Action::Deny)),
+            output::describe_pinned(&config, unmatched_pass, count(Action::Allow), count(Action::Deny)),
             StatusJson {
                 cgroup: p.cgroup_path.clone(),
                 cgroup_id: p.id,
@@ -107,7 +73,7 @@ pub fn status(json: bool) -> Result<()> {
                 policy: PolicyJson {
                     ingress: config.ingress,
                     egress: config.egress,
-                    iface: (config.ifindex != 0).then(|| iface_name(config.ifindex)).flatten(),
+                    iface: (config.ifindex != 0).then(|| output::iface_name(config.ifindex)).flatten(),
                     ifindex: config.ifindex,
                     port: (config.port != 0).then_some(config.port),
                     silent: config.silent,
@@ -133,8 +99,8 @@ pub fn status(json: bool) -> Result<()> {
     for (desc, s) in &out {
         println!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
         println!("  policy: {desc}");
-        println!("  pinned: {} {}", s.pin_dir, age(s.pinned_at));
-        for line in s.stats.table().lines() {
+        println!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_at));
+        for line in output::table(&s.stats).lines() {
             println!("  {line}");
         }
     }
@@ -168,7 +134,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     } else {
         for (p, s) in &rows {
             println!("{} (id {})", p.cgroup_path, p.id);
-            print!("{}", s.table());
+            print!("{}", output::table(s));
         }
     }
     Ok(())
@@ -248,6 +214,7 @@ fn watch(policies: &[Pinned], interval: Duration) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
     let tty = std::io::stdout().is_terminal();
+    let mut redraw = Redraw::default();
     let mut previous: Vec<(Stats, Instant)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut screen = String::new();
@@ -256,27 +223,13 @@ fn watch(policies: &[Pinned], interval: Duration) -> Result<()> {
             let s = stats::read(&p.stats)?;
             let now = Instant::now();
             let _ = writeln!(screen, "{} (id {})", p.cgroup_path, p.id);
-            screen += &s.table();
+            screen += &output::table(&s);
             if let Some((before, at)) = previous.get(i) {
-                let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
-                let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
-                let _ = writeln!(
-                    screen,
-                    "{:<9} {:>12.1} pkt/s dropped in, {:.1} pkt/s dropped out, {:.1} calls/s rejected",
-                    "rates",
-                    rate(s.ingress.dropped_packets, before.ingress.dropped_packets),
-                    rate(s.egress.dropped_packets, before.egress.dropped_packets),
-                    rate(s.connect.rejected + s.sendmsg.rejected, before.connect.rejected + before.sendmsg.rejected)
-                );
+                screen += &output::watch_rates(&Rates::between((before, *at), (&s, now)));
             }
             current.push((s, now));
         }
-        if tty {
-            // Home and clear: redraw in place.
-            print!("\x1b[H\x1b[2J{screen}");
-        } else {
-            print!("{screen}");
-        }
+        print!("{}", if tty { redraw.frame(&screen) } else { screen });
         previous = current;
         let deadline = Instant::now() + interval;
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
@@ -289,7 +242,7 @@ fn watch(policies: &[Pinned], interval: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{Calls, Traffic};
+    use crate::kernel::stats::{Calls, Traffic};
 
     #[test]
     fn prometheus_text_format() {

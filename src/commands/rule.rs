@@ -9,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::{
-    cli::{RuleAction, RuleCommand},
-    pin::Pinned,
-    preflight,
-    rulemaps::{self, Installed, RuleMaps},
+    cli::RuleCommand,
+    host::preflight,
+    kernel::rulemaps::{self, Installed, RuleMaps},
+    output::format_secs,
+    pins::pinned::Pinned,
     rules::{Action, Target},
 };
 
@@ -28,19 +29,10 @@ pub fn live_rules(p: &Pinned) -> Result<Installed> {
     Ok(rules)
 }
 
-impl From<RuleAction> for Action {
-    fn from(a: RuleAction) -> Self {
-        match a {
-            RuleAction::Allow => Action::Allow,
-            RuleAction::Deny => Action::Deny,
-        }
-    }
-}
-
 pub fn run(command: &RuleCommand) -> Result<()> {
     preflight::check()?;
     match command {
-        RuleCommand::Add { cgroup, action, rule, ttl } => add(cgroup, (*action).into(), rule, *ttl),
+        RuleCommand::Add { cgroup, action, rule, ttl } => add(cgroup, *action, rule, *ttl),
         RuleCommand::Del { cgroup, words } => del(cgroup, words),
         RuleCommand::List { cgroup, json } => list(cgroup, *json),
     }
@@ -132,29 +124,9 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// 4h2m5s, 3m0s, 12s.
-pub fn format_secs(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m{s}s"),
-        (0, _, _) => format!("{h}h{m}m{s}s"),
-        _ => format!("{d}d{h}h{m}m"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_time_left() {
-        assert_eq!(format_secs(0), "0s");
-        assert_eq!(format_secs(59), "59s");
-        assert_eq!(format_secs(180), "3m0s");
-        assert_eq!(format_secs(4 * 3600 + 125), "4h2m5s");
-        assert_eq!(format_secs(2 * 86400 + 3600 + 60), "2d1h1m");
-    }
 
     #[test]
     fn del_words() {

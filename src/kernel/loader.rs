@@ -11,13 +11,13 @@ use libbpf_rs::{
 };
 
 use crate::{
-    cgroup::Cgroup,
-    policy::Policy,
-    rulemaps::{self, Installed, RuleMaps},
-    skel::{
-        types::{cgdrop_direction, cgdrop_mode},
-        CgdropSkel, CgdropSkelBuilder,
+    host::cgroup::Cgroup,
+    kernel::{
+        config::Config,
+        rulemaps::{self, Installed, RuleMaps},
+        skel::{CgdropSkel, CgdropSkelBuilder},
     },
+    policy::Policy,
 };
 
 /// Puts the policy's rules into the tries (replacing `installed`) and sets
@@ -60,18 +60,7 @@ pub fn set_verbose(verbose: bool) {
 pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) -> Result<CgdropSkel<'obj>> {
     let mut open = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
     let rodata = open.maps.rodata_data.as_deref_mut().context("the BPF object has no rodata section")?;
-    rodata.cfg_ifindex = policy.ifindex();
-    rodata.cfg_port = policy.port.unwrap_or(0);
-    // The bits whose flag is set.
-    let bits = |flags: [(bool, u32); 2]| flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit);
-    rodata.cfg_directions = cgdrop_direction(bits([
-        (policy.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
-        (policy.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
-    ]));
-    rodata.cfg_modes = cgdrop_mode(bits([
-        (policy.silent, cgdrop_mode::CGDROP_MODE_SILENT.0),
-        (policy.dry_run, cgdrop_mode::CGDROP_MODE_DRY_RUN.0),
-    ]));
+    rodata.cfg = Config::of(policy).encode();
     if std::env::var_os("CGDROP_SELFTEST_REJECTED_PROGRAM").is_some() {
         // Only to test the error path: a program the verifier refuses.
         open.progs.cgdrop_selftest.set_autoload(true);

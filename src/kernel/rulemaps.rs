@@ -8,8 +8,11 @@ use libbpf_rs::{MapCore, MapFlags};
 use nix::time::{clock_gettime, ClockId};
 
 use crate::{
+    kernel::{
+        config::PORT_BITS,
+        skel::types::{cgdrop_action, cgdrop_key_v4, cgdrop_key_v6, cgdrop_rule},
+    },
     rules::{Action, Rule, Target},
-    skel::types::{cgdrop_action, cgdrop_key_v4, cgdrop_key_v6, cgdrop_rule},
 };
 
 // SAFETY: generated from BTF, all fields are integers or byte arrays and the
@@ -18,7 +21,7 @@ use crate::{
 unsafe impl plain::Plain for cgdrop_key_v4 {}
 // SAFETY: as above.
 unsafe impl plain::Plain for cgdrop_key_v6 {}
-// SAFETY: u64 then two u32: no padding.
+// SAFETY: u64 then a u32 enum newtype and a u32: no padding.
 unsafe impl plain::Plain for cgdrop_rule {}
 
 /// The bytes of a key or value. Only for the Plain types above, which have no
@@ -27,9 +30,6 @@ fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
     // SAFETY: T is Plain and has no uninitialised padding (see the impls above).
     unsafe { plain::as_bytes(v) }
 }
-
-/// The port part of a trie key, in bits (see include/cgdrop.h).
-const PORT_BITS: u32 = 16;
 
 /// CLOCK_BOOTTIME in ns, the clock of bpf_ktime_get_boot_ns().
 pub fn boot_time_ns() -> Result<u64> {
@@ -217,17 +217,18 @@ impl std::fmt::Display for Family {
     }
 }
 
-fn action_value(action: Action) -> u32 {
+fn action_value(action: Action) -> cgdrop_action {
     match action {
-        Action::Allow => cgdrop_action::CGDROP_ACTION_ALLOW.0,
-        Action::Deny => cgdrop_action::CGDROP_ACTION_DENY.0,
+        Action::Allow => cgdrop_action::CGDROP_ACTION_ALLOW,
+        Action::Deny => cgdrop_action::CGDROP_ACTION_DENY,
     }
 }
 
 fn decode_value(raw: &[u8]) -> Result<(Action, u64)> {
-    let mut v = cgdrop_rule::default();
+    // SAFETY: all-zero bytes are a valid cgdrop_rule (integers, a u32 newtype).
+    let mut v: cgdrop_rule = unsafe { std::mem::zeroed() };
     plain::copy_from_bytes(&mut v, raw).map_err(|_| anyhow::anyhow!("a rule value has {} bytes", raw.len()))?;
-    let action = match cgdrop_action(v.action) {
+    let action = match v.action {
         cgdrop_action::CGDROP_ACTION_ALLOW => Action::Allow,
         cgdrop_action::CGDROP_ACTION_DENY => Action::Deny,
         other => bail!("a rule has the unknown action {}", other.0),
@@ -335,7 +336,7 @@ mod key_tests {
     fn values_decode_to_their_action() {
         let v = cgdrop_rule { expires_ns: 42, action: action_value(Action::Deny), prefixlen: 48 };
         assert_eq!(decode_value(bytes(&v)).unwrap(), (Action::Deny, 42));
-        let bad = cgdrop_rule { action: 7, ..v };
+        let bad = cgdrop_rule { action: cgdrop_action(7), ..v };
         assert!(decode_value(bytes(&bad)).is_err());
     }
 }

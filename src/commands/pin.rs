@@ -1,0 +1,190 @@
+//! `cgdrop pin` (attach and pin, `--replace` in place, `--programs`) and
+//! `cgdrop unpin`.
+use std::{fs, mem::MaybeUninit, os::fd::AsFd, path::Path};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{Link, OpenObject};
+
+use crate::{
+    cli::PinArgs,
+    host::{
+        cgroup::{self, Cgroup},
+        preflight,
+    },
+    kernel::{
+        loader::{self, Hook},
+        rulemaps::Installed,
+        skel::CgdropSkel,
+    },
+    output,
+    pins::{
+        bpffs::{self, obj_pin, TempDir},
+        pinned::{link_path, pin_maps, write_info, Pinned},
+    },
+    policy::Policy,
+};
+
+/// `cgdrop pin`: attach and pin, or replace a pinned policy in place.
+pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
+    let policy = Policy::from_args(&args.policy)?;
+    if args.programs {
+        preflight::check()?;
+        loader::set_verbose(verbose);
+        return pin_programs(&policy);
+    }
+    let arg = args.cgroup.as_deref().context("--cgroup or --programs is required")?;
+    let location = cgroup::locate(arg, args.create)?;
+    preflight::check()?;
+    loader::set_verbose(verbose);
+    let root = bpffs::prepare_root()?;
+    let mut cgroup = Cgroup::open(location)?;
+    let dir = root.join(cgroup.id.to_string());
+    let existing = dir.exists();
+    if existing && !args.replace {
+        bail!(
+            "cgroup {} already has a pinned cgdrop policy ({}): pass --replace to swap it, or `cgdrop unpin --cgroup {}` first",
+            cgroup.path.display(),
+            dir.display(),
+            cgroup.path.display()
+        );
+    }
+
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut skel = loader::load(&policy, &mut object)?;
+    loader::apply_rules(&mut skel, &mut Installed::new(), &policy)?;
+    write_info(&skel, &cgroup)?;
+    let tmp = TempDir::create(root.join(format!("new-{}-{}", cgroup.id, std::process::id())))?;
+    if existing {
+        replace_into(&mut skel, &cgroup, &policy, tmp, &dir)?;
+    } else {
+        pin_fresh(&mut skel, &cgroup, &policy, tmp, &dir)?;
+    }
+    // Pinned: the cgroup stays even if this run created it.
+    cgroup.keep();
+    eprintln!(
+        "cgdrop: {} cgroup {} (id {}): dropping {}; pinned at {}",
+        if existing { "replaced the policy of" } else { "pinned a policy on" },
+        cgroup.path.display(),
+        cgroup.id,
+        output::describe(&policy),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn pin_fresh(skel: &mut CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy, mut tmp: TempDir, dir: &Path) -> Result<()> {
+    // Attached from here on; until the pins exist, the fds alone hold the links,
+    // so an error or a kill detaches everything.
+    let mut links = loader::attach(skel, cgroup, policy)?;
+    pin_maps(skel, &tmp.path)?;
+    for (hook, link) in &mut links {
+        let path = link_path(&tmp.path, *hook);
+        link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
+    }
+    fs::rename(&tmp.path, dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
+    tmp.keep = true;
+    Ok(())
+}
+
+/// Swaps the programs of the existing links (bpf_link update: atomic per
+/// hook, so no packet meets no program), attaches hooks the new policy adds,
+/// and detaches those it drops once the new directory is in place.
+fn replace_into(
+    skel: &mut CgdropSkel<'_>,
+    cgroup: &Cgroup,
+    policy: &Policy,
+    mut tmp: TempDir,
+    dir: &Path,
+) -> Result<()> {
+    let mut old: Vec<(Hook, Link)> = Vec::new();
+    for hook in Hook::ALL {
+        let path = link_path(dir, hook);
+        if path.exists() {
+            old.push((hook, Link::open(&path).with_context(|| format!("opening pinned link {}", path.display()))?));
+        }
+    }
+    pin_maps(skel, &tmp.path)?;
+    let mut added = Vec::new();
+    for hook in Hook::for_policy(policy) {
+        let path = link_path(&tmp.path, hook);
+        match old.iter_mut().find(|(h, _)| *h == hook) {
+            Some((_, link)) => {
+                link.update_prog(hook.program(skel)).with_context(|| {
+                    format!("replacing the program of {} on {}", hook.name(), cgroup.path.display())
+                })?;
+                obj_pin(&*link, &path)?;
+            }
+            None => {
+                let mut link = loader::attach_hook(skel, hook, cgroup)?;
+                link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
+                added.push(link);
+            }
+        }
+    }
+    let retired = dir.with_file_name(format!("old-{}-{}", cgroup.id, std::process::id()));
+    fs::rename(dir, &retired).with_context(|| format!("moving {} aside", dir.display()))?;
+    fs::rename(&tmp.path, dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
+    tmp.keep = true;
+    // Hooks the new policy does not use lose their last pin here, and their
+    // last fd when `old` is dropped: the kernel detaches them.
+    fs::remove_dir_all(&retired).with_context(|| format!("removing {}", retired.display()))
+}
+
+/// `pin --programs`: loads the programs for `policy` and pins each under
+/// /sys/fs/bpf/cgdrop/progs/<hook> (and the maps beside them), attaching nothing.
+fn pin_programs(policy: &Policy) -> Result<()> {
+    let root = bpffs::prepare_root()?;
+    let dir = bpffs::programs_dir();
+    if dir.exists() {
+        bail!("{} already exists: `cgdrop unpin --all` removes it", dir.display());
+    }
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut skel = loader::load(policy, &mut object)?;
+    loader::apply_rules(&mut skel, &mut Installed::new(), policy)?;
+    let mut tmp = TempDir::create(root.join(format!("new-progs-{}", std::process::id())))?;
+    pin_maps(&mut skel, &tmp.path)?;
+    for hook in Hook::ALL {
+        let path = tmp.path.join(hook.name());
+        obj_pin(hook.program(&skel).as_fd(), &path)?;
+    }
+    fs::rename(&tmp.path, &dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
+    tmp.keep = true;
+    eprintln!(
+        "cgdrop: pinned programs for {} in {} (attach: bpftool cgroup attach CGROUP egress pinned {}/egress)",
+        output::describe(policy),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `cgdrop unpin`: removes one policy directory, or all of cgdrop's pins.
+pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
+    preflight::check()?;
+    bpffs::recover(&bpffs::cgdrop_root())?;
+    if all {
+        let root = bpffs::cgdrop_root();
+        if !root.exists() {
+            eprintln!("cgdrop: nothing is pinned ({} does not exist)", root.display());
+            return Ok(());
+        }
+        let mut n = 0;
+        for entry in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
+            let path = entry.with_context(|| format!("listing {}", root.display()))?.path();
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            n += 1;
+        }
+        fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;
+        eprintln!("cgdrop: removed {n} pinned director{} and {}", if n == 1 { "y" } else { "ies" }, root.display());
+        return Ok(());
+    }
+    let arg = cgroup.context("--cgroup or --all is required")?;
+    let pinned = Pinned::find(arg)?;
+    let dir = pinned.dir.clone();
+    let path = pinned.cgroup_path.clone();
+    drop(pinned);
+    // Unlinking the link pins detaches the programs: nothing else holds them.
+    fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    eprintln!("cgdrop: unpinned the policy of cgroup {path} ({})", dir.display());
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! What cgdrop finds on the host and does to it outside BPF: the cgroup,
+//! the preflight checks, the command's process.
+pub mod cgroup;
+pub mod preflight;
+pub mod process;

@@ -1,0 +1,211 @@
+//! The configuration layout shared with the BPF programs, in one place:
+//! `struct cgdrop_config` (the rodata variable `cfg`), the .bss flags and the
+//! pinned `info` record, encoded from a `Policy` and decoded from a loaded
+//! skeleton or a pinned policy's maps through the skeleton's generated types.
+use anyhow::{bail, Result};
+
+use crate::{
+    kernel::skel::types::{
+        bss, cgdrop_config, cgdrop_direction, cgdrop_info, cgdrop_layout, cgdrop_limits, cgdrop_mode, cgdrop_stat_slot,
+        rodata,
+    },
+    policy::Policy,
+};
+
+// SAFETY: three u32 generated from BTF; any bit pattern is valid, no padding.
+unsafe impl plain::Plain for bss {}
+// SAFETY: integers, u32 enum newtypes and an i8 array generated from BTF; the
+// padding is explicit (`pad`); any bit pattern is valid.
+unsafe impl plain::Plain for cgdrop_info {}
+// SAFETY: one cgdrop_config: integers and u32 enum newtypes with explicit
+// padding (`pad`); any bit pattern is valid.
+unsafe impl plain::Plain for rodata {}
+
+/// Rules per address family the kernel's tries hold.
+pub const MAX_RULES_PER_FAMILY: usize = cgdrop_limits::CGDROP_MAX_RULES.0 as usize;
+/// The port part of a trie key, in bits.
+pub const PORT_BITS: u32 = cgdrop_limits::CGDROP_PORT_BITS.0;
+
+/// The configuration fixed for one load, as the rest of cgdrop reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub ingress: bool,
+    pub egress: bool,
+    /// 0 = every interface.
+    pub ifindex: u32,
+    /// 0 = every port.
+    pub port: u16,
+    pub silent: bool,
+    pub dry_run: bool,
+}
+
+impl Config {
+    pub fn of(policy: &Policy) -> Self {
+        Self {
+            ingress: policy.ingress,
+            egress: policy.egress,
+            ifindex: policy.ifindex(),
+            port: policy.port.unwrap_or(0),
+            silent: policy.silent,
+            dry_run: policy.dry_run,
+        }
+    }
+
+    /// The C struct. Built field by field: the generated enum newtypes'
+    /// `Default` is their first value, not 0.
+    pub fn encode(&self) -> cgdrop_config {
+        let bits = |flags: [(bool, u32); 2]| flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit);
+        cgdrop_config {
+            ifindex: self.ifindex,
+            port: self.port,
+            pad: 0,
+            directions: cgdrop_direction(bits([
+                (self.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
+                (self.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
+            ])),
+            modes: cgdrop_mode(bits([
+                (self.silent, cgdrop_mode::CGDROP_MODE_SILENT.0),
+                (self.dry_run, cgdrop_mode::CGDROP_MODE_DRY_RUN.0),
+            ])),
+        }
+    }
+
+    pub fn decode(c: &cgdrop_config) -> Self {
+        Self {
+            ingress: c.directions.0 & cgdrop_direction::CGDROP_DIR_INGRESS.0 != 0,
+            egress: c.directions.0 & cgdrop_direction::CGDROP_DIR_EGRESS.0 != 0,
+            ifindex: c.ifindex,
+            port: c.port,
+            silent: c.modes.0 & cgdrop_mode::CGDROP_MODE_SILENT.0 != 0,
+            dry_run: c.modes.0 & cgdrop_mode::CGDROP_MODE_DRY_RUN.0 != 0,
+        }
+    }
+
+    /// From the bytes of a pinned `rodata` map.
+    pub fn from_rodata(raw: &[u8]) -> Result<Self> {
+        // SAFETY: all-zero bytes are a valid rodata (integers and u32 newtypes).
+        let mut r: rodata = unsafe { std::mem::zeroed() };
+        if plain::copy_from_bytes(&mut r, raw).is_err() {
+            bail!("rodata has {} bytes, this cgdrop's layout has {}", raw.len(), size_of::<rodata>());
+        }
+        Ok(Self::decode(&r.cfg))
+    }
+}
+
+/// The .bss flags (see bpf/cgdrop.bpf.c): what unmatched traffic gets and
+/// which lookups the programs may skip.
+pub fn decode_bss(raw: &[u8]) -> Result<bss> {
+    let mut b = bss { unmatched_pass: 0, has_rules: 0, has_port_rules: 0 };
+    if plain::copy_from_bytes(&mut b, raw).is_err() {
+        bail!("bss has {} bytes, this cgdrop's layout has {}", raw.len(), size_of::<bss>());
+    }
+    Ok(b)
+}
+
+pub fn encode_bss(b: &bss) -> &[u8] {
+    // SAFETY: bss is three u32: no padding.
+    unsafe { plain::as_bytes(b) }
+}
+
+/// What a pinned policy records about itself, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub cgroup_id: u64,
+    pub cgroup_path: String,
+    /// CLOCK_REALTIME seconds.
+    pub pinned_at: u64,
+}
+
+impl Info {
+    /// The `info` record stamped with this cgdrop's layout.
+    pub fn encode(&self) -> Result<cgdrop_info> {
+        let path = self.cgroup_path.as_bytes();
+        let mut info = cgdrop_info {
+            cgroup_id: self.cgroup_id,
+            pinned_at: self.pinned_at,
+            layout: cgdrop_layout::CGDROP_LAYOUT_VERSION,
+            stat_slots: cgdrop_stat_slot::CGDROP_STAT_SLOTS,
+            max_rules: cgdrop_limits::CGDROP_MAX_RULES,
+            pad: 0,
+            cgroup_path: [0; cgdrop_limits::CGDROP_PATH_MAX.0 as usize],
+        };
+        if path.len() >= info.cgroup_path.len() {
+            bail!(
+                "cgroup path {} is longer than the {} bytes a pinned policy records",
+                self.cgroup_path,
+                info.cgroup_path.len() - 1
+            );
+        }
+        for (dst, src) in info.cgroup_path.iter_mut().zip(path) {
+            *dst = *src as i8;
+        }
+        Ok(info)
+    }
+
+    /// Decodes an `info` record; one written by another layout is refused,
+    /// never misread.
+    pub fn decode(raw: &[u8]) -> Result<Self> {
+        const OTHER: &str = "it was pinned by a cgdrop with another layout: unpin it with that cgdrop, or remove it with `cgdrop unpin --all`";
+        // SAFETY: all-zero bytes are a valid cgdrop_info (integers, u32 newtypes, bytes).
+        let mut info: cgdrop_info = unsafe { std::mem::zeroed() };
+        if plain::copy_from_bytes(&mut info, raw).is_err() || raw.len() != size_of::<cgdrop_info>() {
+            bail!("its info record has {} bytes, not {}: {OTHER}", raw.len(), size_of::<cgdrop_info>());
+        }
+        let ours = (
+            cgdrop_layout::CGDROP_LAYOUT_VERSION,
+            cgdrop_stat_slot::CGDROP_STAT_SLOTS,
+            cgdrop_limits::CGDROP_MAX_RULES,
+        );
+        if (info.layout, info.stat_slots, info.max_rules) != ours {
+            bail!("its layout is version {}, this cgdrop's is {}: {OTHER}", info.layout.0, ours.0 .0);
+        }
+        let path: Vec<u8> = info.cgroup_path.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        Ok(Self {
+            cgroup_id: info.cgroup_id,
+            cgroup_path: String::from_utf8_lossy(&path).into_owned(),
+            pinned_at: info.pinned_at,
+        })
+    }
+}
+
+/// The bytes of an encoded `info` record.
+pub fn info_bytes(info: &cgdrop_info) -> &[u8] {
+    // SAFETY: Plain with explicit padding: every byte is initialised.
+    unsafe { plain::as_bytes(info) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_the_c_struct() {
+        for bits in 0..16u32 {
+            let c = Config {
+                ingress: bits & 1 != 0,
+                egress: bits & 2 != 0,
+                ifindex: bits * 3,
+                port: 8080,
+                silent: bits & 4 != 0,
+                dry_run: bits & 8 != 0,
+            };
+            assert_eq!(Config::decode(&c.encode()), c);
+        }
+    }
+
+    #[test]
+    fn info_round_trips_and_other_layouts_are_refused() {
+        let info = Info { cgroup_id: 42, cgroup_path: "/sys/fs/cgroup/a".into(), pinned_at: 7 };
+        let encoded = info.encode().unwrap();
+        assert_eq!(Info::decode(info_bytes(&encoded)).unwrap(), info);
+        let mut old = encoded;
+        old.layout = cgdrop_layout(1);
+        let err = Info::decode(info_bytes(&old)).unwrap_err().to_string();
+        assert!(err.contains("layout is version 1") && err.contains("cgdrop unpin --all"), "{err}");
+        // The previous layout's record: no version fields, 4096 bytes.
+        let err = Info::decode(&[0u8; 4096]).unwrap_err().to_string();
+        assert!(err.contains("4096 bytes"), "{err}");
+        let long = Info { cgroup_path: "x".repeat(5000), ..info };
+        assert!(long.encode().is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! Everything the user reads: the counter table, durations and ages, rates,
+//! descriptions of a policy (loaded or pinned), the live views redrawn in
+//! place on a terminal, and the summary a session ends with.
+use std::{
+    fmt::Write as _,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    kernel::{config::Config, stats::Stats},
+    policy::Policy,
+    rules::Action,
+};
+
+/// "ingress+egress", "ingress" or "egress".
+pub fn directions(ingress: bool, egress: bool) -> &'static str {
+    match (ingress, egress) {
+        (true, true) => "ingress+egress",
+        (true, false) => "ingress",
+        _ => "egress",
+    }
+}
+
+/// A loaded policy in a few words, e.g. "egress traffic on interface lo, port 8080".
+pub fn describe(policy: &Policy) -> String {
+    let dirs = directions(policy.ingress, policy.egress);
+    let iface = policy.iface.as_ref().map_or("every interface".to_string(), |(n, _)| format!("interface {n}"));
+    let port = policy.port.map_or("every port".to_string(), |p| format!("port {p}"));
+    let count = |a| policy.rules.iter().filter(|r| r.action == a).count();
+    let (allow, deny) = (count(Action::Allow), count(Action::Deny));
+    let rules = match (allow, deny) {
+        (0, 0) => String::new(),
+        (a, 0) => format!(", except {a} allowed target(s)"),
+        (0, d) => format!(", to or from {d} denied target(s)"),
+        (a, d) => format!(", to or from {d} denied target(s) except {a} allowed"),
+    };
+    let mode = match (policy.dry_run, policy.silent) {
+        (true, _) => " (dry run: nothing is dropped)",
+        (false, true) => " (silent)",
+        _ => "",
+    };
+    format!("{dirs} traffic on {iface}, {port}{rules}{mode}")
+}
+
+/// A pinned policy in a few words, from what its maps say.
+pub fn describe_pinned(c: &Config, unmatched_pass: bool, allow: usize, deny: usize) -> String {
+    let dirs = directions(c.ingress, c.egress);
+    let iface = match c.ifindex {
+        0 => "every interface".to_string(),
+        i => format!("interface {} (index {i})", iface_name(i).unwrap_or_else(|| "?".into())),
+    };
+    let port = if c.port == 0 { "every port".to_string() } else { format!("port {}", c.port) };
+    let mut s = format!(
+        "{dirs} on {iface}, {port}; {allow} allow and {deny} deny rules; unmatched traffic {}",
+        if unmatched_pass { "passes" } else { "is dropped" }
+    );
+    if c.silent {
+        s += "; silent";
+    }
+    if c.dry_run {
+        s += "; dry run";
+    }
+    s
+}
+
+/// The name of an interface index, if it still exists.
+pub fn iface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as nix::libc::c_char; nix::libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let ret = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if ret.is_null() {
+        return None;
+    }
+    let bytes: Vec<u8> = buf.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// 4h2m5s, 3m0s, 12s.
+pub fn format_secs(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m{s}s"),
+        _ => format!("{d}d{h}h{m}m"),
+    }
+}
+
+/// "3m0s ago" for a CLOCK_REALTIME second.
+pub fn age(at_secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{} ago", format_secs(now.saturating_sub(at_secs)))
+}
+
+/// The multi-line counter table.
+pub fn table(s: &Stats) -> String {
+    let mut out = format!("{:<9} {:>12} {:>14} {:>12} {:>14}\n", "", "packets", "bytes", "dropped", "dropped bytes");
+    for (name, t) in [("ingress", &s.ingress), ("egress", &s.egress)] {
+        let _ = writeln!(
+            out,
+            "{name:<9} {:>12} {:>14} {:>12} {:>14}",
+            t.packets, t.bytes, t.dropped_packets, t.dropped_bytes
+        );
+    }
+    for (name, c) in [("connect", &s.connect), ("sendmsg", &s.sendmsg)] {
+        let _ = writeln!(out, "{name:<9} {:>12} attempts, {} rejected with EPERM", c.attempts, c.rejected);
+    }
+    out
+}
+
+/// Drops and rejections per second between two readings of the counters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    pub dropped_in: f64,
+    pub dropped_out: f64,
+    pub rejected: f64,
+}
+
+impl Rates {
+    pub fn between(before: (&Stats, Instant), now: (&Stats, Instant)) -> Self {
+        let secs = now.1.duration_since(before.1).as_secs_f64().max(1e-3);
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let (s, b) = (now.0, before.0);
+        Self {
+            dropped_in: rate(s.ingress.dropped_packets, b.ingress.dropped_packets),
+            dropped_out: rate(s.egress.dropped_packets, b.egress.dropped_packets),
+            rejected: rate(s.connect.rejected + s.sendmsg.rejected, b.connect.rejected + b.sendmsg.rejected),
+        }
+    }
+}
+
+/// A block of lines redrawn in place on a terminal: the cursor goes back up
+/// over the previous block, which is cleared, then the new one is drawn.
+#[derive(Debug, Default)]
+pub struct Redraw {
+    drawn: usize,
+}
+
+impl Redraw {
+    /// The text that replaces the previous block by `block`.
+    pub fn frame(&mut self, block: &str) -> String {
+        let mut out = if self.drawn > 0 { format!("\x1b[{}A\x1b[J", self.drawn) } else { String::new() };
+        out += block;
+        self.drawn = block.lines().count();
+        out
+    }
+}
+
+/// The foreground live view (`--interval`): on a terminal a block redrawn
+/// in place, else one line per interval.
+pub fn live_block(s: &Stats, r: &Rates, elapsed_secs: u64) -> String {
+    format!(
+        "cgdrop: attached for {}\n  ingress  {:>10.1} drops/s  {:>12} dropped of {}\n  egress   {:>10.1} drops/s  {:>12} dropped of {}\n  connect  {} of {} rejected   sendmsg {} of {} rejected\n",
+        format_secs(elapsed_secs),
+        r.dropped_in,
+        s.ingress.dropped_packets,
+        s.ingress.packets,
+        r.dropped_out,
+        s.egress.dropped_packets,
+        s.egress.packets,
+        s.connect.rejected,
+        s.connect.attempts,
+        s.sendmsg.rejected,
+        s.sendmsg.attempts
+    )
+}
+
+pub fn live_line(s: &Stats, r: &Rates, elapsed_secs: u64) -> String {
+    format!(
+        "cgdrop: {elapsed_secs}s ingress dropped {} of {} ({:.1}/s), egress dropped {} of {} ({:.1}/s), connect rejected {} of {}, sendmsg rejected {} of {}\n",
+        s.ingress.dropped_packets,
+        s.ingress.packets,
+        r.dropped_in,
+        s.egress.dropped_packets,
+        s.egress.packets,
+        r.dropped_out,
+        s.connect.rejected,
+        s.connect.attempts,
+        s.sendmsg.rejected,
+        s.sendmsg.attempts
+    )
+}
+
+/// The rates line under a policy's table in `stats --watch`.
+pub fn watch_rates(r: &Rates) -> String {
+    format!(
+        "{:<9} {:>12.1} pkt/s dropped in, {:.1} pkt/s dropped out, {:.1} calls/s rejected\n",
+        "rates", r.dropped_in, r.dropped_out, r.rejected
+    )
+}
+
+/// One line saying what cgdrop did to a `run` command's traffic, when it did
+/// anything: a failing command is then explained.
+pub fn explain(s: &Stats, policy: &Policy) -> Option<String> {
+    let rejected = s.connect.rejected + s.sendmsg.rejected;
+    let dropped = s.ingress.dropped_packets + s.egress.dropped_packets;
+    if rejected == 0 && dropped == 0 {
+        return None;
+    }
+    let verb = if policy.dry_run { "would have been" } else { "was" };
+    Some(format!(
+        "cgdrop: the command's network traffic {verb} blocked: {} connect() and {} sendto() calls rejected with EPERM, {dropped} packets dropped ({})",
+        s.connect.rejected,
+        s.sendmsg.rejected,
+        describe(policy)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::stats::Traffic;
+
+    #[test]
+    fn formats_time_left() {
+        assert_eq!(format_secs(0), "0s");
+        assert_eq!(format_secs(59), "59s");
+        assert_eq!(format_secs(180), "3m0s");
+        assert_eq!(format_secs(4 * 3600 + 125), "4h2m5s");
+        assert_eq!(format_secs(2 * 86400 + 3600 + 60), "2d1h1m");
+    }
+
+    #[test]
+    fn rates_per_second() {
+        let t0 = Instant::now();
+        let before = Stats::default();
+        let now = Stats { egress: Traffic { dropped_packets: 500, ..Traffic::default() }, ..Stats::default() };
+        let r = Rates::between((&before, t0), (&now, t0 + std::time::Duration::from_secs(2)));
+        assert_eq!(r, Rates { dropped_in: 0.0, dropped_out: 250.0, rejected: 0.0 });
+    }
+
+    #[test]
+    fn redraw_moves_back_over_the_previous_block() {
+        let mut r = Redraw::default();
+        assert_eq!(r.frame("a\nb\n"), "a\nb\n");
+        assert_eq!(r.frame("c\n"), "\x1b[2A\x1b[Jc\n");
+    }
+}

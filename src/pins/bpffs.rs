@@ -1,0 +1,172 @@
+//! bpffs and cgdrop's directory in it: mounts bpffs when it is missing,
+//! checks and creates `/sys/fs/bpf/cgdrop`, and recovers what a killed cgdrop
+//! left half done there (working directories `new-…`/`old-…`). Also the
+//! helpers to build a directory of pins that is complete or absent.
+use std::{
+    ffi::CString,
+    fs,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::{ffi::OsStrExt, fs::DirBuilderExt, fs::PermissionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use nix::{
+    mount::{mount, MsFlags},
+    sys::statfs::statfs,
+};
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// statfs(2) f_type of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// `/sys/fs/bpf/cgdrop`: everything cgdrop pins is below it.
+pub fn cgdrop_root() -> PathBuf {
+    Path::new(BPFFS).join("cgdrop")
+}
+
+/// Refuses a cgdrop bpffs directory that is a symbolic link: cgdrop changes
+/// permissions and removes entries there, and must never do so elsewhere.
+pub fn check_not_symlink(root: &Path) -> Result<()> {
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{} is a symbolic link: refusing to follow it out of bpffs; remove it", root.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Where `pin --programs` puts bare programs.
+pub fn programs_dir() -> PathBuf {
+    cgdrop_root().join("progs")
+}
+
+/// Mounts bpffs at /sys/fs/bpf if something else is there, and creates
+/// /sys/fs/bpf/cgdrop (0700: pins hold the policy and its counters).
+pub fn prepare_root() -> Result<PathBuf> {
+    let fs = statfs(BPFFS).with_context(|| format!("cannot inspect {BPFFS}"))?;
+    if fs.filesystem_type().0 != BPF_FS_MAGIC {
+        mount(
+            Some("bpf"),
+            BPFFS,
+            Some("bpf"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"))?;
+        eprintln!("cgdrop: mounted bpffs at {BPFFS} (it was not mounted)");
+    }
+    let root = cgdrop_root();
+    check_not_symlink(&root)?;
+    if !root.exists() {
+        fs::DirBuilder::new().mode(0o700).create(&root).with_context(|| format!("creating {}", root.display()))?;
+    }
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to root", root.display()))?;
+    recover(&root)?;
+    Ok(root)
+}
+
+/// A working directory of a cgdrop process: `new-<id>-<pid>`, `old-<id>-<pid>`
+/// or `new-progs-<pid>`. Returns (kind, id, pid).
+fn working_dir(name: &str) -> Option<(&str, Option<u64>, i32)> {
+    let (kind, rest) = name.split_once('-')?;
+    if kind != "new" && kind != "old" {
+        return None;
+    }
+    let (id, pid) = rest.rsplit_once('-')?;
+    let id = if id == "progs" { None } else { Some(id.parse().ok()?) };
+    Some((kind, id, pid.parse().ok()?))
+}
+
+/// Finishes or undoes what a killed cgdrop left half done, so that every
+/// policy is complete or absent (SIGKILL cannot be caught while pinning):
+/// a `new-…` directory whose pin never got renamed into place is removed
+/// (its links detach), unless the policy directory is missing and its `old-…`
+/// twin shows that a --replace was between its two renames, which is then
+/// completed; an `old-…` directory left after a finished swap is removed.
+pub fn recover(root: &Path) -> Result<()> {
+    check_not_symlink(root)?;
+    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    let Ok(entries) = fs::read_dir(root) else { return Ok(()) };
+    let mut names: Vec<String> =
+        entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+    // `new-…` before `old-…`: an interrupted swap is completed from its new half.
+    names.sort();
+    for name in &names {
+        let Some((kind, id, pid)) = working_dir(name) else { continue };
+        let path = root.join(name);
+        if alive(pid) || !path.exists() {
+            continue;
+        }
+        let dir = id.map(|id| root.join(id.to_string()));
+        let twin = id.map(|id| root.join(format!("old-{id}-{pid}")));
+        match (kind, dir) {
+            // Killed between the two renames of --replace: finish the swap.
+            ("new", Some(dir)) if !dir.exists() && twin.is_some_and(|t| t.exists()) => {
+                fs::rename(&path, &dir)
+                    .with_context(|| format!("completing the interrupted replace of {}", dir.display()))?;
+            }
+            // Should the new half be gone too, the old policy is better than none.
+            ("old", Some(dir)) if !dir.exists() => {
+                fs::rename(&path, &dir).with_context(|| format!("restoring {}", dir.display()))?;
+            }
+            _ => fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {} (left by a killed cgdrop)", path.display()))?,
+        }
+    }
+    Ok(())
+}
+
+/// A directory being filled; removed (with its pins) on drop unless kept.
+pub struct TempDir {
+    pub path: PathBuf,
+    /// Set once the directory is renamed into place.
+    pub keep: bool,
+}
+
+impl TempDir {
+    pub fn create(path: PathBuf) -> Result<Self> {
+        fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            // Best effort: the error being propagated matters more.
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Pins an object (a link opened from a pin already carries a pin path,
+/// which libbpf's own pin call refuses) at a second path.
+pub fn obj_pin(fd: impl AsFd, path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).context("pin path contains NUL")?;
+    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
+    let ret = unsafe { libbpf_sys::bpf_obj_pin(fd.as_fd().as_raw_fd(), c.as_ptr()) };
+    if ret < 0 {
+        return Err(std::io::Error::from_raw_os_error(-ret)).with_context(|| format!("pinning {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_directory_names() {
+        assert_eq!(working_dir("new-1234-99"), Some(("new", Some(1234), 99)));
+        assert_eq!(working_dir("old-1234-99"), Some(("old", Some(1234), 99)));
+        assert_eq!(working_dir("new-progs-7"), Some(("new", None, 7)));
+        assert_eq!(working_dir("1234"), None);
+        assert_eq!(working_dir("progs"), None);
+        assert_eq!(working_dir("new-x-1"), None);
+        assert_eq!(working_dir("tmp-1-2"), None);
+    }
+}

@@ -1,0 +1,214 @@
+//! One pinned policy: the layout of its directory
+//! (`/sys/fs/bpf/cgdrop/<cgroup-id>/`: `link_<hook>`, `stats`, `rules_v4`,
+//! `rules_v6`, `rodata`, `bss`, `info`), writing a loaded skeleton's maps
+//! there, and reading a pinned policy back: its config, flags, health.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{query::LinkTypeInfo, Link, MapCore, MapFlags, MapHandle};
+
+use crate::{
+    host::cgroup::{self, Cgroup},
+    kernel::{
+        config::{self, Config, Info},
+        loader::Hook,
+        skel::CgdropSkel,
+    },
+    pins::bpffs,
+};
+
+pub fn link_path(dir: &Path, hook: Hook) -> PathBuf {
+    dir.join(format!("link_{}", hook.name()))
+}
+
+/// Pins the maps of a loaded skeleton into `dir`.
+pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
+    let m = &mut skel.maps;
+    for (name, map) in [
+        ("stats", &mut m.stats),
+        ("rules_v4", &mut m.rules_v4),
+        ("rules_v6", &mut m.rules_v6),
+        ("rodata", &mut m.rodata),
+        ("bss", &mut m.bss),
+        ("info", &mut m.info),
+    ] {
+        let path = dir.join(name);
+        map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Records the cgroup (and this cgdrop's layout) in the `info` map.
+pub fn write_info(skel: &CgdropSkel<'_>, cgroup: &Cgroup) -> Result<()> {
+    let pinned_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let info = Info { cgroup_id: cgroup.id, cgroup_path: cgroup.path.to_string_lossy().into_owned(), pinned_at };
+    let encoded = info.encode()?;
+    skel.maps
+        .info
+        .update(&0u32.to_ne_bytes(), config::info_bytes(&encoded), MapFlags::ANY)
+        .context("recording the cgroup in the info map")
+}
+
+/// A pinned policy, opened from its directory.
+pub struct Pinned {
+    pub dir: PathBuf,
+    pub id: u64,
+    /// The cgroup path recorded at pin time.
+    pub cgroup_path: String,
+    pub pinned_at: u64,
+    pub stats: MapHandle,
+    pub rules_v4: MapHandle,
+    pub rules_v6: MapHandle,
+    rodata: MapHandle,
+    bss: MapHandle,
+}
+
+/// Whether a pinned policy does what it was pinned for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Every hook of the policy is attached to its cgroup.
+    Ok,
+    /// The cgroup was removed: the links point nowhere (cgroup id 0).
+    Defunct,
+    /// Some hooks of the policy have no pinned link.
+    Incomplete(Vec<&'static str>),
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Ok => f.write_str("ok"),
+            Health::Defunct => f.write_str("defunct (cgroup removed; `cgdrop unpin` cleans it)"),
+            Health::Incomplete(missing) => write!(f, "incomplete (not attached: {})", missing.join(", ")),
+        }
+    }
+}
+
+fn open_map(dir: &Path, name: &str) -> Result<MapHandle> {
+    let path = dir.join(name);
+    MapHandle::from_pinned_path(&path).with_context(|| format!("opening pinned map {}", path.display()))
+}
+
+impl Pinned {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let id = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("{} is not a policy directory", dir.display()))?;
+        let info_map = open_map(dir, "info")?;
+        let raw = info_map
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("reading {}/info", dir.display()))?
+            .with_context(|| format!("{}/info is empty", dir.display()))?;
+        let info = Info::decode(&raw).with_context(|| format!("cannot read the policy in {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            id,
+            cgroup_path: info.cgroup_path,
+            pinned_at: info.pinned_at,
+            stats: open_map(dir, "stats")?,
+            rules_v4: open_map(dir, "rules_v4")?,
+            rules_v6: open_map(dir, "rules_v6")?,
+            rodata: open_map(dir, "rodata")?,
+            bss: open_map(dir, "bss")?,
+        })
+    }
+
+    /// Every pinned policy, by cgroup id. No bpffs or no cgdrop directory: none.
+    pub fn list() -> Result<Vec<Self>> {
+        let root = bpffs::cgdrop_root();
+        bpffs::recover(&root)?;
+        let Ok(entries) = fs::read_dir(&root) else { return Ok(Vec::new()) };
+        let mut dirs: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()).map(|id| (id, e.path())))
+            .collect();
+        dirs.sort();
+        dirs.into_iter().map(|(_, dir)| Self::open(&dir)).collect()
+    }
+
+    /// The pinned policy of the cgroup `arg` names: by its id while it exists,
+    /// by the recorded path once it is gone.
+    pub fn find(arg: &Path) -> Result<Self> {
+        let root = cgroup::cgroup2_root()?;
+        let path = cgroup::resolve(arg, &root)?;
+        if let Ok(meta) = fs::metadata(&path) {
+            let dir = bpffs::cgdrop_root().join(meta.ino().to_string());
+            if dir.exists() {
+                return Self::open(&dir);
+            }
+        } else if let Some(p) = Self::list()?.into_iter().find(|p| Path::new(&p.cgroup_path) == path) {
+            return Ok(p);
+        }
+        bail!("no cgdrop policy is pinned on cgroup {} (`cgdrop status` lists them)", path.display())
+    }
+
+    /// The configuration the policy was loaded with (its rodata).
+    pub fn config(&self) -> Result<Config> {
+        Config::from_rodata(&self.lookup(&self.rodata, "rodata")?)
+            .with_context(|| format!("reading {}/rodata", self.dir.display()))
+    }
+
+    /// The one value of a one-entry map of this policy.
+    fn lookup(&self, map: &MapHandle, name: &str) -> Result<Vec<u8>> {
+        map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("reading {}/{name}", self.dir.display()))?
+            .with_context(|| format!("{}/{name} is empty", self.dir.display()))
+    }
+
+    fn bss(&self) -> Result<crate::kernel::skel::types::bss> {
+        config::decode_bss(&self.lookup(&self.bss, "bss")?)
+            .with_context(|| format!("reading {}/bss", self.dir.display()))
+    }
+
+    /// Whether traffic no rule matches passes (a block list) or is dropped.
+    pub fn unmatched_pass(&self) -> Result<bool> {
+        Ok(self.bss()?.unmatched_pass != 0)
+    }
+
+    /// Before a rule is added: makes the programs look rules up (and, for a
+    /// rule with a port, look up with the port). Never lowered here: a flag
+    /// that is set only costs a lookup.
+    pub fn enable_lookups(&self, with_port: bool) -> Result<()> {
+        let mut b = self.bss()?;
+        b.has_rules = 1;
+        b.has_port_rules |= u32::from(with_port);
+        self.bss
+            .update(&0u32.to_ne_bytes(), config::encode_bss(&b), MapFlags::ANY)
+            .with_context(|| format!("writing {}/bss", self.dir.display()))
+    }
+
+    pub fn health(&self) -> Result<Health> {
+        let c = self.config()?;
+        let mut missing = Vec::new();
+        // The kernel clears a link's cgroup some time after the cgroup is
+        // removed; the directory being gone (or reused) tells at once.
+        let same_cgroup = fs::metadata(&self.cgroup_path).is_ok_and(|m| m.ino() == self.id);
+        let mut defunct = !same_cgroup;
+        for hook in Hook::wanted(c.ingress, c.egress, c.silent) {
+            let path = link_path(&self.dir, hook);
+            let Ok(link) = Link::open(&path) else {
+                missing.push(hook.name());
+                continue;
+            };
+            if let Ok(info) = link.info() {
+                if let LinkTypeInfo::Cgroup(cg) = info.info {
+                    defunct |= cg.cgroup_id == 0;
+                }
+            }
+        }
+        Ok(if defunct {
+            Health::Defunct
+        } else if missing.is_empty() {
+            Health::Ok
+        } else {
+            Health::Incomplete(missing)
+        })
+    }
+}
