@@ -3,7 +3,6 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -51,34 +50,14 @@ impl BenchCgroup {
 
     /// Makes `cmd` move itself into this cgroup between fork and exec.
     pub fn put(&self, cmd: &mut Command) -> Result<()> {
-        let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs"))?;
-        // SAFETY: only write(2) on an fd the closure owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        Ok(())
+        cgdrop::host::process::join_on_exec(cmd, &self.path)
     }
 }
 
 impl Drop for BenchCgroup {
     fn drop(&mut self) {
-        for _ in 0..200 {
-            for pid in fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-            }
-            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        // Best effort: a benchmark that failed is reported already.
+        let _ = cgdrop::host::cgroup::destroy(&self.path, Duration::from_secs(10));
     }
 }
 

@@ -9,6 +9,9 @@
 //! `cgdrop-test-bench-…` and removed, even when a step fails.
 mod env;
 mod net;
+// The packet builders of the tests: one set of fixtures for tests and benches.
+#[path = "../tests/common/packets.rs"]
+mod packets;
 mod prog;
 mod startup;
 

@@ -18,51 +18,26 @@ use libbpf_rs::{
     OpenObject, ProgramInput, ProgramMut,
 };
 
-use crate::{Summary, Table};
+use crate::{packets, Summary, Table};
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 5;
 /// The destination/source port of the benchmark packets.
 const PORT: u16 = 5000;
 
-fn ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&0x0800u16.to_be_bytes());
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
-    p.extend_from_slice(l4);
-    p
-}
-
-fn ipv6(next: u8, l4: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&0x86DDu16.to_be_bytes());
-    p.extend_from_slice(&[0x60, 0, 0, 0]);
-    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[next, 64]);
-    let one: std::net::Ipv6Addr = "::1".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST);
-    p.extend_from_slice(&one.octets());
-    p.extend_from_slice(&one.octets());
-    p.extend_from_slice(l4);
-    p
-}
-
+/// A UDP or TCP header from port 40000 to PORT, then 64 bytes of payload.
 fn l4(tcp: bool) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&40000u16.to_be_bytes());
-    h.extend_from_slice(&PORT.to_be_bytes());
-    h.resize(if tcp { 20 } else { 8 }, 0);
+    let mut h = if tcp { packets::tcp(40000, PORT) } else { packets::udp(40000, PORT) };
     h.extend_from_slice(&[0u8; 64]);
     h
 }
 
 fn packets() -> Vec<(&'static str, Vec<u8>)> {
     vec![
-        ("IPv4 UDP", ipv4(17, &l4(false))),
-        ("IPv4 TCP", ipv4(6, &l4(true))),
-        ("IPv6 UDP", ipv6(17, &l4(false))),
-        ("IPv6 TCP", ipv6(6, &l4(true))),
+        ("IPv4 UDP", packets::ipv4(packets::IPPROTO_UDP, 0, &l4(false))),
+        ("IPv4 TCP", packets::ipv4(packets::IPPROTO_TCP, 0, &l4(true))),
+        ("IPv6 UDP", packets::ipv6(packets::IPPROTO_UDP, &[], &l4(false))),
+        ("IPv6 TCP", packets::ipv6(packets::IPPROTO_TCP, &[], &l4(true))),
     ]
 }
 

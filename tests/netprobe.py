@@ -69,17 +69,23 @@ def udp_recv(addr, port, secs, most=None):
     say({"received": count})
 
 
+def send_counted(s, payload, dest, errors):
+    """sendto once: 1 if sent, else 0 with the errno name counted in errors."""
+    try:
+        s.sendto(payload, dest)
+        return 1
+    except OSError as e:
+        name = errno.errorcode.get(e.errno, str(e.errno))
+        errors[name] = errors.get(name, 0) + 1
+        return 0
+
+
 def udp_send(addr, port, count, size):
     s = socket.socket(family(addr), socket.SOCK_DGRAM)
     payload = b"x" * int(size)
     sent, errors = 0, {}
     for _ in range(int(count)):
-        try:
-            s.sendto(payload, (addr, int(port)))
-            sent += 1
-        except OSError as e:
-            name = errno.errorcode.get(e.errno, str(e.errno))
-            errors[name] = errors.get(name, 0) + 1
+        sent += send_counted(s, payload, (addr, int(port)), errors)
         time.sleep(0.001)
     say({"sent": sent, "errors": errors})
 
@@ -181,12 +187,7 @@ def udp_flood(addr, port, secs, gap_us):
     deadline = time.monotonic() + float(secs)
     sent, errors = 0, {}
     while time.monotonic() < deadline:
-        try:
-            s.sendto(payload, (addr, int(port)))
-            sent += 1
-        except OSError as e:
-            name = errno.errorcode.get(e.errno, str(e.errno))
-            errors[name] = errors.get(name, 0) + 1
+        sent += send_counted(s, payload, (addr, int(port)), errors)
         time.sleep(gap)
     say({"sent": sent, "errors": errors})
 

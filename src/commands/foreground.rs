@@ -76,10 +76,7 @@ fn remove_stale_run_cgroups() -> Result<()> {
         }
         // Best effort: another run may be removing it too; this run goes on.
         let path = entry.path();
-        let removed = cgroup::locate(&path, false)
-            .and_then(Cgroup::open)
-            .and_then(|stale| stale.kill_all())
-            .and_then(|()| fs::remove_dir(&path).context("rmdir"));
+        let removed = cgroup::destroy(&path, cgroup::KILL_TIMEOUT);
         if let Err(e) = removed {
             if path.exists() {
                 eprintln!("cgdrop: could not remove {} (left by a killed cgdrop run): {e:#}", path.display());

@@ -113,6 +113,25 @@ pub fn spawn_in_cgroup(cmd: &Cmd<'_>, cgroup: &Cgroup) -> Result<Child> {
     Ok(child)
 }
 
+/// Makes `cmd` move itself into the cgroup at `path` between fork and exec
+/// (by writing "0" to its `cgroup.procs`). For tests and benchmarks, which
+/// need `Command`'s pipes; cgdrop's own command is started inside the cgroup.
+pub fn join_on_exec(cmd: &mut Command, path: &Path) -> Result<()> {
+    let procs = path.join("cgroup.procs");
+    let procs = OpenOptions::new().write(true).open(&procs).with_context(|| format!("opening {}", procs.display()))?;
+    // SAFETY: only write(2) on an fd the closure owns; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Shell convention: the exit code, or 128 + the signal that killed the command.
 pub fn exit_code(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {

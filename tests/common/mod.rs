@@ -4,10 +4,11 @@
 //! drop, so a failing (panicking) test leaves nothing behind.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod packets;
+
 use std::{
     fs,
     io::{BufRead, BufReader, Read},
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -57,36 +58,19 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Kills what is in a test cgroup (only the tests' own children can be there)
-/// and removes it, retrying while the processes exit.
+/// Kills what is in a test cgroup and below it (only the tests' own children
+/// can be there) and removes it.
 pub fn remove_cgroup(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while path.exists() && Instant::now() < deadline {
-        for pid in fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default().lines() {
-            if let Ok(pid) = pid.trim().parse() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
+    if path.exists() {
+        if let Err(e) = cgdrop::host::cgroup::destroy(path, Duration::from_secs(10)) {
+            eprintln!("removing test cgroup {}: {e:#}", path.display());
         }
-        if fs::remove_dir(path).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Makes `cmd` move itself into `cgroup` between fork and exec.
 pub fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
-    let procs = fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")).expect("open cgroup.procs");
-    // SAFETY: only write(2) on an fd kept open by the closure (it owns `procs`).
-    unsafe {
-        cmd.pre_exec(move || {
-            if nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    cgdrop::host::process::join_on_exec(cmd, cgroup).expect("open cgroup.procs");
 }
 
 /// tests/netprobe.py running as a child, read line by line (one JSON object each).
