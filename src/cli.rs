@@ -39,11 +39,19 @@ pub struct ForegroundArgs {
     #[arg(long, value_name = "PATH", required = true)]
     pub cgroup: Option<PathBuf>,
 
-    /// Create the cgroup if it does not exist (and remove it on exit).
+    /// Create the cgroup if it does not exist. It is then cgdrop's: on exit,
+    /// every process in it (and below it) is killed before the policy is
+    /// detached, and the cgroup is removed.
     #[arg(long)]
     pub create: bool,
 
-    /// Run CMD with `sh -c` inside the cgroup; detach when it exits and exit
+    /// Allow the root cgroup as --cgroup: the policy then applies to every
+    /// process of the host, sshd included.
+    #[arg(long)]
+    pub whole_host: bool,
+
+    /// Run CMD with `sh -c` inside the cgroup (as root, which can leave the
+    /// cgroup: `cgdrop run --user` is the sandbox mode); detach when it exits and exit
     /// with its status.
     #[arg(long, value_name = "CMD")]
     pub run: Option<String>,
@@ -69,6 +77,11 @@ pub enum Command {
     /// Detach and remove cgdrop's pinned policy of a cgroup (or all of them).
     /// Programs that other tools attached are never touched.
     Unpin(UnpinArgs),
+    /// Finish what a killed cgdrop left: kill what is left in the cgroups it
+    /// owned (`run`, `--create`), then remove their pins and the cgroups, and
+    /// complete or remove half-written pins. Every cgdrop command does this
+    /// first; this one only does this.
+    Cleanup,
     /// List the pinned policies: cgroup, configuration, rules, counters, health.
     Status {
         /// One JSON array on stdout.
@@ -98,10 +111,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Run CMD as USER (a name or a uid), with that user's groups; cgdrop
-    /// itself stays root.
+    /// Run CMD as USER (a name or a uid), with that user's groups: the
+    /// sandbox mode. CMD gets a new session (no access to the terminal's
+    /// input), a clean environment (PATH, HOME, USER, LOGNAME, SHELL, TERM),
+    /// no capabilities it could regain (empty bounding set, NO_NEW_PRIVS).
+    /// Without --user, CMD runs as root, which can move itself out of the
+    /// cgroup: only --user confines a command that does not cooperate.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+
+    /// Pass inherited descriptor N on to CMD (repeatable). Others above 2 are
+    /// closed: a socket opened outside the cgroup would send unfiltered, and
+    /// so does one kept with this flag.
+    #[arg(long = "keep-fd", value_name = "N", value_parser = clap::value_parser!(i32).range(3..))]
+    pub keep_fds: Vec<i32>,
 
     /// Print the counters every SECS seconds while CMD runs.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -125,6 +148,10 @@ pub struct PinArgs {
     /// Create the cgroup if it does not exist (it stays after cgdrop exits).
     #[arg(long, requires = "cgroup")]
     pub create: bool,
+
+    /// Allow the root cgroup as --cgroup: every process of the host.
+    #[arg(long, requires = "cgroup")]
+    pub whole_host: bool,
 
     /// Swap the cgroup's pinned policy for this one in place: each hook's
     /// program is replaced atomically, so no packet passes unfiltered.
@@ -269,20 +296,6 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
     let paragraph: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let msg = paragraph.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-    eprintln!("cgdrop: {msg} (see 'cgdrop --help')");
+    crate::say!("cgdrop: {msg} (see 'cgdrop --help')");
     ExitCode::from(2)
-}
-
-/// `cgdrop completions SHELL`: the completion script on stdout.
-pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "cgdrop", &mut std::io::stdout());
-    Ok(())
-}
-
-/// The man page (roff) on stdout, from the same definition as --help.
-pub fn manpage() -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-    Ok(())
 }

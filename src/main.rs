@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     match cgdrop::commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("cgdrop: {e:#}");
+            cgdrop::say!("cgdrop: {e:#}");
             ExitCode::from(1)
         }
     }

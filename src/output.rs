@@ -1,8 +1,11 @@
 //! Everything the user reads: the counter table, durations and ages, rates,
 //! descriptions of a policy (loaded or pinned), the live views redrawn in
-//! place on a terminal, and the summary a session ends with.
+//! place on a terminal, and the summary a session ends with. Output never
+//! kills cgdrop: the macros below ignore write errors (a closed pipe, a
+//! descriptor someone made non-blocking) where `println!` would panic.
 use std::{
     fmt::Write as _,
+    io::Write as _,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -11,6 +14,46 @@ use crate::{
     policy::Policy,
     rules::Action,
 };
+
+/// A line on stderr; write errors are ignored.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Text on stderr without a newline; write errors are ignored.
+#[macro_export]
+macro_rules! say_raw {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*)) };
+}
+
+/// A line on stdout; write errors are ignored.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::output::stdout(format!("{}\n", format_args!($($arg)*)).as_bytes()) };
+}
+
+/// Text on stdout without a newline; write errors are ignored.
+#[macro_export]
+macro_rules! out_raw {
+    ($($arg:tt)*) => { $crate::output::stdout(format!($($arg)*).as_bytes()) };
+}
+
+/// Writes to stderr, ignoring errors: there is nowhere left to report them.
+pub fn stderr(args: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_all(args.to_string().as_bytes());
+}
+
+/// Writes to stdout and flushes, ignoring errors (a reader that went away).
+pub fn stdout(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
+/// `cgdrop: <message>` on stderr.
+pub fn warn(args: std::fmt::Arguments<'_>) {
+    stderr(format_args!("cgdrop: {args}\n"));
+}
 
 /// "ingress+egress", "ingress" or "egress".
 pub fn directions(ingress: bool, egress: bool) -> &'static str {

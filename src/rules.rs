@@ -213,13 +213,37 @@ fn parse_line(line: &str) -> Result<Rule> {
     Ok(Rule { action, target, ttl })
 }
 
-/// Reads and parses a rules file.
+/// The largest rules file read: room for the rule limit of both families
+/// with comments (a rule line is at most about 60 bytes).
+pub const MAX_RULES_FILE_BYTES: u64 = 256 << 20;
+
+/// Reads and parses a rules file. Only a regular file of at most
+/// MAX_RULES_FILE_BYTES: a FIFO would block the reader, /dev/zero never ends.
+/// Opened non-blocking, so that not even the open can hang.
 pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>> {
-    let bytes = fs::read(path).with_context(|| format!("reading rules file {}", path.display()))?;
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let what = || format!("rules file {}", path.display());
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("reading {}", what()))?;
+    let meta = file.metadata().with_context(|| format!("reading {}", what()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file: give a file (pipes and devices are not read)", what());
+    }
+    if meta.len() > MAX_RULES_FILE_BYTES {
+        bail!("{} has {} bytes: at most {MAX_RULES_FILE_BYTES} are read", what(), meta.len());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_RULES_FILE_BYTES + 1).read_to_end(&mut bytes).with_context(|| format!("reading {}", what()))?;
+    if bytes.len() as u64 > MAX_RULES_FILE_BYTES {
+        bail!("{} grew past {MAX_RULES_FILE_BYTES} bytes while being read", what());
+    }
     let text = String::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("byte {} is not UTF-8 text", e.utf8_error().valid_up_to()))
-        .with_context(|| format!("rules file {}", path.display()))?;
-    parse_rules(&text).with_context(|| format!("rules file {}", path.display()))
+        .with_context(what)?;
+    parse_rules(&text).with_context(what)
 }
 
 /// Refuses more rules of one family than the tries hold.

@@ -6,8 +6,7 @@
 use std::{
     io::IsTerminal,
     mem::MaybeUninit,
-    os::unix::process::ExitStatusExt,
-    process::{Child, ExitStatus},
+    process::ExitStatus,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -18,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::OpenObject;
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::sys::signal::Signal;
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGTERM},
     iterator::{exfiltrator::WithOrigin, SignalsInfo},
@@ -28,7 +27,7 @@ use signal_hook::{
 use crate::{
     host::{
         cgroup::Cgroup,
-        process::{spawn_in_cgroup, Cmd},
+        process::{spawn_in_cgroup, Child, Cmd},
     },
     kernel::{
         loader,
@@ -37,6 +36,7 @@ use crate::{
         stats::{self, Stats},
     },
     output::{self, Rates, Redraw},
+    pins::runs::RunPins,
     policy::Policy,
 };
 
@@ -45,8 +45,11 @@ enum Event {
     /// process with kill(2), rather than by the terminal to the whole
     /// foreground process group (which the command is part of already).
     Stop { signal: i32, sent: bool },
-    /// SIGHUP with a rules file: re-read it.
+    /// SIGHUP with a rules file: re-read it (in a thread of its own: a slow
+    /// file must not delay signals or the command's exit).
     Reload,
+    /// The rules file, read again.
+    Reloaded(Result<Policy>),
     /// The command exited.
     Exited(ExitStatus),
 }
@@ -66,9 +69,17 @@ pub struct Outcome {
     /// The command's status, if there was a command.
     pub status: Option<ExitStatus>,
     pub policy: Policy,
+    /// Processes left in a cgroup cgdrop does not own, unfiltered from now on.
+    pub left_unfiltered: usize,
 }
 
-/// Loads and attaches the policy, runs the command, waits, detaches.
+/// Loads and attaches the policy, runs the command, waits, then ends.
+///
+/// On a cgroup cgdrop owns (`run`, `--create`) the links are also pinned
+/// before the command starts, so that the policy outlives a killed cgdrop
+/// for as long as a process is left; the end is then always: kill the whole
+/// tree, wait until it is empty, remove the sub-cgroups, read the counters,
+/// detach (descriptors and pins). On any other cgroup, detaching is the end.
 pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interval: Option<u64>) -> Result<Outcome> {
     let (tx, rx) = mpsc::channel();
     let stopped = forward_signals(tx.clone(), policy.rules_file.is_some())?;
@@ -80,15 +91,16 @@ pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interv
     // Progress on a terminal only: elsewhere, an error must stay one line.
     let progress = policy.rules.len() >= MANY_RULES && std::io::stderr().is_terminal();
     if progress {
-        eprintln!("cgdrop: writing {} rules into the kernel…", policy.rules.len());
+        crate::say!("cgdrop: writing {} rules into the kernel…", policy.rules.len());
     }
     // Rules go in before the programs are attached: the first packet sees them.
     loader::apply_rules(&mut skel, &mut installed, &policy)?;
     if progress {
-        eprintln!("cgdrop: {} rules in force ({:.2} s)", policy.rules.len(), started.elapsed().as_secs_f64());
+        crate::say!("cgdrop: {} rules in force ({:.2} s)", policy.rules.len(), started.elapsed().as_secs_f64());
     }
-    let links = loader::attach(&skel, cgroup, &policy)?;
-    eprintln!(
+    let mut links = loader::attach(&skel, cgroup, &policy)?;
+    let pins = if cgroup.owned() { Some(RunPins::pin(&mut skel, &mut links, cgroup)?) } else { None };
+    crate::say!(
         "cgdrop: attached to cgroup {} (id {}): dropping {}{}; {}",
         cgroup.path.display(),
         cgroup.id,
@@ -98,46 +110,72 @@ pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interv
     );
 
     let child = match cmd {
-        Some(cmd) => {
-            let child = spawn_in_cgroup(&cmd, cgroup)?;
-            let pid = Pid::from_raw(child.id() as i32);
-            let tx = tx.clone();
-            thread::spawn(move || wait_child(child, tx));
-            Some(pid)
-        }
+        Some(cmd) => match spawn_in_cgroup(&cmd, cgroup) {
+            Ok(child) => {
+                let child = Arc::new(child);
+                let (waited, tx) = (Arc::clone(&child), tx.clone());
+                thread::spawn(move || {
+                    // The receiver lives until the session ends; a send after that is moot.
+                    let _ = tx.send(Event::Exited(waited.wait()));
+                });
+                Some(child)
+            }
+            Err(e) => {
+                end(cgroup, pins, links);
+                return Err(e);
+            }
+        },
         None => None,
     };
-    drop(tx);
 
     let mut view = LiveView::new(interval.map(Duration::from_secs));
-    let status = wait_events(&rx, &stopped, child, &mut view, cgroup, |tick| match tick {
+    // What a reload starts from: the command line's part never changes.
+    let base = policy.clone();
+    let waited = wait_events(&rx, &tx, &stopped, child.as_deref(), &mut view, cgroup, &base, |tick| match tick {
         Tick::Report => {
             loader::sweep_expired(&skel, &mut installed)?;
             Ok(Some(stats::read(&skel.maps.stats)?))
         }
-        Tick::Reload => {
-            reload(&mut policy, &mut skel, &mut installed);
+        Tick::Apply(next) => {
+            apply_reload(&mut policy, next, &mut skel, &mut installed);
             Ok(None)
         }
-    })?;
-
-    let totals = stats::read(&skel.maps.stats)?;
-    drop(links);
-    Ok(Outcome { stats: totals, status, policy })
+    });
+    // An owned cgroup is emptied while the policy is still in force.
+    let emptied = if cgroup.owned() { cgroup.kill_all() } else { Ok(()) };
+    let totals = stats::read(&skel.maps.stats);
+    let left_unfiltered = if cgroup.owned() { 0 } else { cgroup.process_count() };
+    // Should processes be left, the pins stay and keep them filtered until
+    // `cgdrop cleanup` (or the next cgdrop command) finishes the job.
+    if emptied.is_ok() {
+        end(cgroup, pins, links);
+    }
+    let status = waited?;
+    emptied?;
+    Ok(Outcome { stats: totals?, status, policy, left_unfiltered })
 }
 
-/// Re-reads the rules file and swaps the rules in; on any error the old rules
+/// Detaches: cgdrop's link descriptors and, on an owned cgroup, the pins.
+fn end(cgroup: &Cgroup, pins: Option<RunPins>, links: Vec<(crate::kernel::loader::Hook, libbpf_rs::Link)>) {
+    drop(links);
+    if let Some(pins) = pins {
+        if let Err(e) = pins.remove() {
+            output::warn(format_args!("detaching from {}: {e:#} (`cgdrop cleanup` retries)", cgroup.path.display()));
+        }
+    }
+}
+
+/// Swaps in the rules of a re-read rules file; on any error the old rules
 /// stay in force and the error is printed.
-fn reload(policy: &mut Policy, skel: &mut CgdropSkel<'_>, installed: &mut Installed) {
-    let Some(next) = policy.reloaded() else { return };
+fn apply_reload(policy: &mut Policy, next: Result<Policy>, skel: &mut CgdropSkel<'_>, installed: &mut Installed) {
     let path = policy.rules_file.clone().unwrap_or_default();
     let result = next.and_then(|next| loader::apply_rules(skel, installed, &next).map(|()| next));
     match result {
         Ok(next) => {
             *policy = next;
-            eprintln!("cgdrop: reloaded {}: {} rules in force", path.display(), policy.rules.len());
+            crate::say!("cgdrop: reloaded {}: {} rules in force", path.display(), policy.rules.len());
         }
-        Err(e) => eprintln!("cgdrop: reloading {} failed, the previous rules stay in force: {e:#}", path.display()),
+        Err(e) => crate::say!("cgdrop: reloading {} failed, the previous rules stay in force: {e:#}", path.display()),
     }
 }
 
@@ -173,8 +211,8 @@ fn forward_signals(tx: mpsc::Sender<Event>, hup_reloads: bool) -> Result<Arc<Ato
 enum Tick {
     /// An interval passed: return the counters to show.
     Report,
-    /// SIGHUP: reload the rules file.
-    Reload,
+    /// The rules file was read again: apply it.
+    Apply(Result<Policy>),
 }
 
 /// The `--interval` display: on a terminal a block redrawn in place, else a
@@ -207,9 +245,9 @@ impl LiveView {
         let rates = Rates::between((&before, since), (&s, now));
         let elapsed = now.duration_since(self.started).as_secs();
         if self.tty {
-            eprint!("{}", self.redraw.frame(&output::live_block(&s, &rates, elapsed)));
+            crate::say_raw!("{}", self.redraw.frame(&output::live_block(&s, &rates, elapsed)));
         } else {
-            eprint!("{}", output::live_line(&s, &rates, elapsed));
+            crate::say_raw!("{}", output::live_line(&s, &rates, elapsed));
         }
         self.previous = Some((s, now));
         self.next = self.next.zip(self.interval).map(|(at, i)| at + i);
@@ -221,12 +259,15 @@ impl LiveView {
 /// and reloads on SIGHUP through `on_tick`. A stop signal that a process sent
 /// is forwarded to the command (the terminal already sent Ctrl-C to it); the
 /// command then has KILL_GRACE before SIGKILL. Returns the command's status.
+#[allow(clippy::too_many_arguments)] // the loop's whole state, passed once
 fn wait_events(
     rx: &mpsc::Receiver<Event>,
+    tx: &mpsc::Sender<Event>,
     stopped: &AtomicBool,
-    child: Option<Pid>,
+    child: Option<&Child>,
     view: &mut LiveView,
     cgroup: &Cgroup,
+    policy: &Policy,
     mut on_tick: impl FnMut(Tick) -> Result<Option<Stats>>,
 ) -> Result<Option<ExitStatus>> {
     let mut kill_at: Option<Instant> = None;
@@ -238,15 +279,21 @@ fn wait_events(
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Exited(status)) => return Ok(Some(status)),
             Ok(Event::Reload) => {
-                on_tick(Tick::Reload)?;
+                let (current, tx) = (policy.clone(), tx.clone());
+                thread::spawn(move || {
+                    if let Some(next) = current.reloaded() {
+                        let _ = tx.send(Event::Reloaded(next));
+                    }
+                });
+            }
+            Ok(Event::Reloaded(next)) => {
+                on_tick(Tick::Apply(next))?;
             }
             Ok(Event::Stop { signal, sent }) => {
-                let Some(pid) = child else { return Ok(None) };
+                let Some(child) = child else { return Ok(None) };
                 // The policy stays in force until the command has gone.
                 if sent {
-                    let sig = Signal::try_from(signal).unwrap_or(Signal::SIGTERM);
-                    // Not reaped before Exited arrives, so the pid is still the command's.
-                    let _ = nix::sys::signal::kill(pid, sig);
+                    child.signal(Signal::try_from(signal).unwrap_or(Signal::SIGTERM));
                 }
                 kill_at.get_or_insert(Instant::now() + KILL_GRACE);
             }
@@ -268,8 +315,8 @@ fn wait_events(
             }
         }
         if kill_at.is_some_and(|at| now >= at) {
-            if let Some(pid) = child {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            if let Some(child) = child {
+                child.signal(Signal::SIGKILL);
             }
             kill_at = None;
         }
@@ -279,19 +326,13 @@ fn wait_events(
             }
         }
         if now >= next_check {
-            if !cgroup.exists() {
+            if !cgroup.still_there() {
                 bail!(
-                    "cgroup {} was removed while cgdrop was attached: the programs went with it; nothing is filtered now",
+                    "cgroup {} was removed (or removed and created again) while cgdrop was attached: the programs went with it; nothing there is filtered now",
                     cgroup.path.display()
                 );
             }
             next_check = now + CGROUP_CHECK;
         }
     }
-}
-
-fn wait_child(mut child: Child, tx: mpsc::Sender<Event>) {
-    // A wait() error leaves no status to report; 127 like a shell's failure.
-    let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(127 << 8));
-    let _ = tx.send(Event::Exited(status));
 }

@@ -1,24 +1,50 @@
 //! One module per subcommand, and the dispatcher `main` calls. Nothing below
 //! this layer imports it.
+pub mod cleanup;
 pub mod foreground;
 pub mod pin;
 pub mod report;
 pub mod rule;
 
-use crate::cli::{self, Cli, Command};
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
 
 /// Runs the command line; returns the process exit status.
 pub fn run(cli: &Cli) -> anyhow::Result<u8> {
     let ok = |r: anyhow::Result<()>| r.map(|()| 0);
+    let touches_kernel =
+        !matches!(cli.command, Some(Command::Completions { .. } | Command::Manpage | Command::Cleanup));
+    if touches_kernel {
+        cleanup::before_command();
+    }
     match &cli.command {
         None => foreground::run(&cli.foreground, cli.verbose),
         Some(Command::Run(args)) => foreground::run_command(args, cli.verbose),
         Some(Command::Pin(args)) => ok(pin::pin(args, cli.verbose)),
         Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all)),
+        Some(Command::Cleanup) => ok(cleanup::run()),
         Some(Command::Status { json }) => ok(report::status(*json)),
         Some(Command::Stats(args)) => ok(report::stats(args)),
         Some(Command::Rule { command }) => ok(rule::run(command)),
-        Some(Command::Completions { shell }) => ok(cli::completions(*shell)),
-        Some(Command::Manpage) => ok(cli::manpage()),
+        Some(Command::Completions { shell }) => ok(completions(*shell)),
+        Some(Command::Manpage) => ok(manpage()),
     }
+}
+
+/// `cgdrop completions SHELL`: the completion script on stdout. Rendered
+/// into memory first: clap_complete panics on a write error (`| head -1`).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "cgdrop", &mut script);
+    crate::output::stdout(&script);
+    Ok(())
+}
+
+/// The man page (roff) on stdout, from the same definition as --help.
+fn manpage() -> anyhow::Result<()> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    crate::output::stdout(&page);
+    Ok(())
 }

@@ -20,6 +20,7 @@ use crate::{
     pins::{
         bpffs::{self, obj_pin, TempDir},
         pinned::{link_path, pin_maps, write_info, Pinned},
+        runs,
     },
     policy::Policy,
 };
@@ -33,7 +34,7 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
         return pin_programs(&policy);
     }
     let arg = args.cgroup.as_deref().context("--cgroup or --programs is required")?;
-    let location = cgroup::locate(arg, args.create)?;
+    let location = cgroup::locate(arg, args.create, args.whole_host)?;
     preflight::check()?;
     loader::set_verbose(verbose);
     let root = bpffs::prepare_root()?;
@@ -61,7 +62,7 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
     }
     // Pinned: the cgroup stays even if this run created it.
     cgroup.keep();
-    eprintln!(
+    crate::say!(
         "cgdrop: {} cgroup {} (id {}): dropping {}; pinned at {}",
         if existing { "replaced the policy of" } else { "pinned a policy on" },
         cgroup.path.display(),
@@ -149,7 +150,7 @@ fn pin_programs(policy: &Policy) -> Result<()> {
     }
     fs::rename(&tmp.path, &dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
     tmp.keep = true;
-    eprintln!(
+    crate::say!(
         "cgdrop: pinned programs for {} in {} (attach: bpftool cgroup attach CGROUP egress pinned {}/egress)",
         output::describe(policy),
         dir.display(),
@@ -165,17 +166,33 @@ pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
     if all {
         let root = bpffs::cgdrop_root();
         if !root.exists() {
-            eprintln!("cgdrop: nothing is pinned ({} does not exist)", root.display());
+            crate::say!("cgdrop: nothing is pinned ({} does not exist)", root.display());
             return Ok(());
         }
-        let mut n = 0;
+        let (mut n, mut live) = (0, false);
+        let runs = runs::runs_dir();
         for entry in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
             let path = entry.with_context(|| format!("listing {}", root.display()))?.path();
+            // Running sessions' pins (stale ones were cleaned up before this
+            // command): removing them would let a killed session's processes
+            // go unfiltered.
+            if path == runs {
+                live = fs::remove_dir(&path).is_err();
+                continue;
+            }
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
             n += 1;
         }
+        if live {
+            crate::say!(
+                "cgdrop: removed {n} pinned director{}; left {} (cgdrop sessions are running)",
+                if n == 1 { "y" } else { "ies" },
+                runs.display()
+            );
+            return Ok(());
+        }
         fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;
-        eprintln!("cgdrop: removed {n} pinned director{} and {}", if n == 1 { "y" } else { "ies" }, root.display());
+        crate::say!("cgdrop: removed {n} pinned director{} and {}", if n == 1 { "y" } else { "ies" }, root.display());
         return Ok(());
     }
     let arg = cgroup.context("--cgroup or --all is required")?;
@@ -185,6 +202,6 @@ pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
     drop(pinned);
     // Unlinking the link pins detaches the programs: nothing else holds them.
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    eprintln!("cgdrop: unpinned the policy of cgroup {path} ({})", dir.display());
+    crate::say!("cgdrop: unpinned the policy of cgroup {path} ({})", dir.display());
     Ok(())
 }

@@ -90,18 +90,18 @@ pub fn status(json: bool) -> Result<()> {
     }
     if json {
         let all: Vec<&StatusJson> = out.iter().map(|(_, s)| s).collect();
-        println!("{}", serde_json::to_string(&all)?);
+        crate::outln!("{}", serde_json::to_string(&all)?);
         return Ok(());
     }
     if out.is_empty() {
-        println!("no pinned cgdrop policies");
+        crate::outln!("no pinned cgdrop policies");
     }
     for (desc, s) in &out {
-        println!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
-        println!("  policy: {desc}");
-        println!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_at));
+        crate::outln!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
+        crate::outln!("  policy: {desc}");
+        crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_at));
         for line in output::table(&s.stats).lines() {
-            println!("  {line}");
+            crate::outln!("  {line}");
         }
     }
     Ok(())
@@ -128,13 +128,13 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     if args.json {
         let all: Vec<stats::Summary<'_>> =
             rows.iter().map(|(p, s)| stats::Summary { cgroup: &p.cgroup_path, cgroup_id: p.id, stats: *s }).collect();
-        println!("{}", serde_json::to_string(&all)?);
+        crate::outln!("{}", serde_json::to_string(&all)?);
     } else if args.prometheus {
-        print!("{}", prometheus(&rows.iter().map(|(p, s)| (p.cgroup_path.as_str(), s)).collect::<Vec<_>>()));
+        crate::out_raw!("{}", prometheus(&rows.iter().map(|(p, s)| (p.cgroup_path.as_str(), s)).collect::<Vec<_>>()));
     } else {
         for (p, s) in &rows {
-            println!("{} (id {})", p.cgroup_path, p.id);
-            print!("{}", output::table(s));
+            crate::outln!("{} (id {})", p.cgroup_path, p.id);
+            crate::out_raw!("{}", output::table(s));
         }
     }
     Ok(())
@@ -229,7 +229,7 @@ fn watch(policies: &[Pinned], interval: Duration) -> Result<()> {
             }
             current.push((s, now));
         }
-        print!("{}", if tty { redraw.frame(&screen) } else { screen });
+        crate::out_raw!("{}", if tty { redraw.frame(&screen) } else { screen });
         previous = current;
         let deadline = Instant::now() + interval;
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {

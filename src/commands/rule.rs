@@ -55,7 +55,7 @@ fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>) ->
     p.enable_lookups(target.port != 0)?;
     maps.put(target, action, expires_ns)?;
     let lifetime = ttl.map_or(String::new(), |t| format!(" for {}", format_secs(t.as_secs())));
-    eprintln!("cgdrop: {action} {target}{lifetime} on {}", p.cgroup_path);
+    crate::say!("cgdrop: {action} {target}{lifetime} on {}", p.cgroup_path);
     Ok(())
 }
 
@@ -87,7 +87,7 @@ fn del(cgroup: &Path, words: &[String]) -> Result<()> {
         }
         Some((existing, _)) => {
             maps.delete(&target)?;
-            eprintln!("cgdrop: deleted {existing} {target} on {}", p.cgroup_path);
+            crate::say!("cgdrop: deleted {existing} {target} on {}", p.cgroup_path);
         }
     }
     Ok(())
@@ -112,14 +112,14 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
             .iter()
             .map(|(t, a, exp)| RuleJson { action: a.to_string(), rule: t.to_string(), expires_in_secs: left(*exp) })
             .collect();
-        println!("{}", serde_json::to_string(&out)?);
+        crate::outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     let unmatched = if p.unmatched_pass()? { "passes" } else { "is dropped" };
-    println!("# {}: {} rules; traffic no rule matches {unmatched}", p.cgroup_path, rules.0.len());
+    crate::outln!("# {}: {} rules; traffic no rule matches {unmatched}", p.cgroup_path, rules.0.len());
     for (t, a, exp) in &rules.0 {
         let ttl = left(*exp).map_or("never expires".to_string(), |s| format!("expires in {}", format_secs(s)));
-        println!("{a:<5} {:<44} {ttl}", t.to_string());
+        crate::outln!("{a:<5} {:<44} {ttl}", t.to_string());
     }
     Ok(())
 }

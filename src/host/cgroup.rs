@@ -76,14 +76,19 @@ pub fn resolve(arg: &Path, root: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// An open cgroup v2 directory. Removes the directory on drop if cgdrop created it.
+/// An open cgroup v2 directory. A cgroup cgdrop created is cgdrop's: it is
+/// locked (`flock` on the directory, released by the kernel however cgdrop
+/// ends) for as long as cgdrop runs, emptied before it is detached, and
+/// removed on drop.
 #[derive(Debug)]
 pub struct Cgroup {
+    /// Canonical: symbolic links resolved, inside the cgroup2 mount.
     pub path: PathBuf,
-    /// The cgroup id (the directory's inode number on cgroup2), as bpftool shows it.
+    /// The cgroup id (the directory's inode number on cgroup2), as bpftool
+    /// shows it; read from the opened directory.
     pub id: u64,
     fd: OwnedFd,
-    created: bool,
+    owned: bool,
 }
 
 /// A `--cgroup` argument resolved and checked, before anything is created.
@@ -96,54 +101,150 @@ pub struct Location {
 }
 
 /// Resolves `arg` (see `resolve`) and checks it without changing anything:
-/// an existing path must be a cgroup v2 directory; a missing one is an error
-/// unless `create`, and then its parent must be a cgroup v2 directory.
-pub fn locate(arg: &Path, create: bool) -> Result<Location> {
+/// an existing path must be a cgroup v2 directory inside the cgroup2 mount
+/// once symbolic links are resolved, and not the root cgroup (every process
+/// of the host) unless `whole_host`; a missing one is an error unless
+/// `create`, and then its parent must be such a directory.
+pub fn locate(arg: &Path, create: bool, whole_host: bool) -> Result<Location> {
     let root = cgroup2_root()?;
     let path = resolve(arg, &root)?;
-    if path.exists() {
+    let canonical_root = fs::canonicalize(&root).with_context(|| format!("resolving {}", root.display()))?;
+    let inside = |p: &Path| -> Result<PathBuf> {
+        let c = fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()))?;
+        if !c.starts_with(&canonical_root) {
+            bail!(
+                "{} leads to {}, outside the cgroup2 mount {}: pass a cgroup under it",
+                p.display(),
+                c.display(),
+                root.display()
+            );
+        }
+        Ok(c)
+    };
+    if fs::symlink_metadata(&path).is_ok() {
+        let path = inside(&path)?;
         check_cgroup2(&path, &root)?;
+        if path == canonical_root && !whole_host {
+            bail!(
+                "{} is the root cgroup: a policy there applies to every process of the host (sshd included); pass --whole-host if that is what you want",
+                path.display()
+            );
+        }
         return Ok(Location { path, root, create: false });
     }
     if !create {
         bail!("cgroup {} does not exist: create it (mkdir) or pass --create", path.display());
     }
-    let parent = path.parent().unwrap_or(&root);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("cannot create cgroup {}: pass a path below {}", path.display(), root.display());
+    };
     if !parent.exists() {
         bail!("cannot create cgroup {}: its parent {} does not exist", path.display(), parent.display());
     }
-    check_cgroup2(parent, &root).with_context(|| format!("cannot create cgroup {}", path.display()))?;
-    Ok(Location { path, root, create: true })
+    let parent = inside(parent)?;
+    check_cgroup2(&parent, &root).with_context(|| format!("cannot create cgroup {}", path.display()))?;
+    Ok(Location { path: parent.join(name), root, create: true })
 }
 
+/// Opens a cgroup directory; returns the descriptor and the cgroup id.
+fn open_dir(path: &Path) -> Result<(OwnedFd, u64)> {
+    let dir = fs::File::open(path).with_context(|| format!("opening cgroup {}", path.display()))?;
+    let id = dir.metadata().with_context(|| format!("reading cgroup {}", path.display()))?.ino();
+    Ok((OwnedFd::from(dir), id))
+}
+
+/// Takes the lock that says a live cgdrop owns the cgroup; false if another has it.
+fn try_lock(fd: &OwnedFd) -> Result<bool> {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(nix::libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(err).context("locking a cgroup directory")
+}
+
+/// The prefix of the cgroups `cgdrop run` creates under the cgroup2 root.
+pub const RUN_PREFIX: &str = "cgdrop-run-";
+
 impl Cgroup {
-    /// Creates the cgroup if `locate` found it missing, then opens it.
+    /// Creates the cgroup if `locate` found it missing (then it is cgdrop's,
+    /// see `create_owned`), else opens it.
     pub fn open(location: Location) -> Result<Self> {
         let Location { path, root, create } = location;
         if create {
-            fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+            return Self::create_owned(&path)?
+                .with_context(|| format!("creating cgroup {}: another cgdrop created it first", path.display()));
         }
-        let opened = check_cgroup2(&path, &root).and_then(|()| {
-            let fd =
-                OwnedFd::from(fs::File::open(&path).with_context(|| format!("opening cgroup {}", path.display()))?);
-            let id = fs::metadata(&path).with_context(|| format!("reading cgroup {}", path.display()))?.ino();
-            Ok((fd, id))
-        });
-        match opened {
-            Ok((fd, id)) => Ok(Self { path, id, fd, created: create }),
+        check_cgroup2(&path, &root)?;
+        let (fd, id) = open_dir(&path)?;
+        Ok(Self { path, id, fd, owned: false })
+    }
+
+    /// `mkdir` that must not find the directory, then the owner's lock.
+    /// `None` when the name was taken meanwhile (by another cgdrop, or a
+    /// cleanup that removed the directory between the two steps).
+    fn create_owned(path: &Path) -> Result<Option<Self>> {
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("creating cgroup {}", path.display())),
+        }
+        let (fd, id) = match open_dir(path) {
+            Ok(opened) => opened,
             Err(e) => {
-                if create {
-                    // Leave the system as it was; the original error is what matters.
-                    let _ = fs::remove_dir(&path);
-                }
-                Err(e)
+                // Leave the system as it was; the original error is what matters.
+                let _ = fs::remove_dir(path);
+                return Err(e);
+            }
+        };
+        // Locked, and still the directory this call made: it is ours.
+        let same = fs::metadata(path).is_ok_and(|m| m.ino() == id);
+        if !try_lock(&fd)? || !same {
+            return Ok(None);
+        }
+        Ok(Some(Self { path: path.to_path_buf(), id, fd, owned: true }))
+    }
+
+    /// A fresh cgroup for `cgdrop run`: `cgdrop-run-<random>` under the
+    /// cgroup2 root, a name no other cgdrop (in any PID namespace) can share.
+    pub fn create_run() -> Result<Self> {
+        let root = cgroup2_root()?;
+        for _ in 0..16 {
+            let mut bytes = [0u8; 8];
+            // SAFETY: getrandom writes at most bytes.len() bytes into the buffer.
+            let n = unsafe { nix::libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+            if n != bytes.len() as isize {
+                return Err(std::io::Error::last_os_error()).context("reading random bytes for a cgroup name");
+            }
+            let path = root.join(format!("{RUN_PREFIX}{:016x}", u64::from_ne_bytes(bytes)));
+            if let Some(cg) = Self::create_owned(&path)? {
+                return Ok(cg);
             }
         }
+        bail!("could not create a cgroup under {} with a fresh name", root.display())
+    }
+
+    /// Opens an existing cgroup and takes the owner's lock; `None` if a live
+    /// cgdrop holds it (or the directory is not the cgroup `id`, when given).
+    pub fn adopt(path: &Path, id: Option<u64>) -> Result<Option<Self>> {
+        let (fd, found) = open_dir(path)?;
+        if id.is_some_and(|id| id != found) || !try_lock(&fd)? {
+            return Ok(None);
+        }
+        Ok(Some(Self { path: path.to_path_buf(), id: found, fd, owned: true }))
+    }
+
+    /// Whether cgdrop created the cgroup (and so empties and removes it).
+    pub fn owned(&self) -> bool {
+        self.owned
     }
 
     /// Keeps the directory on drop even if cgdrop created it (a pinned policy needs it).
     pub fn keep(&mut self) {
-        self.created = false;
+        self.owned = false;
     }
 
     /// `cgroup.procs`: writing a pid (or "0" for the writer) moves that process in.
@@ -153,14 +254,30 @@ impl Cgroup {
 
     /// Kills every process of the cgroup and of its sub-cgroups, waits until
     /// none is left, and removes the sub-cgroups. Only for cgroups cgdrop
-    /// created for its own command (`cgdrop run`, `--create`).
+    /// created (`cgdrop run`, `--create`).
     pub fn kill_all(&self) -> Result<()> {
         empty_tree(&self.path, KILL_TIMEOUT)
     }
 
-    /// Whether the cgroup directory still exists (it can be removed while attached).
-    pub fn exists(&self) -> bool {
-        self.path.join("cgroup.procs").exists()
+    /// Removes the (empty) cgroup now, reporting an error instead of a warning.
+    pub fn remove(mut self) -> Result<()> {
+        self.owned = false;
+        remove_dir_retrying(&self.path, Instant::now() + KILL_TIMEOUT)
+    }
+
+    /// Whether the path still names this cgroup: false once it is removed,
+    /// or removed and created again (a new cgroup, which the programs do not cover).
+    pub fn still_there(&self) -> bool {
+        fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.id)
+    }
+
+    /// How many processes are in the cgroup and below it.
+    pub fn process_count(&self) -> usize {
+        descendants(&self.path)
+            .iter()
+            .chain([&self.path])
+            .map(|dir| fs::read_to_string(dir.join("cgroup.procs")).map_or(0, |p| p.lines().count()))
+            .sum()
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -176,9 +293,12 @@ impl AsFd for Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if self.created {
-            if let Err(e) = fs::remove_dir(&self.path) {
-                eprintln!("cgdrop: leaving cgroup {} in place: {e} (processes still in it?)", self.path.display());
+        if self.owned && self.still_there() {
+            if let Err(e) = remove_dir_retrying(&self.path, Instant::now() + KILL_TIMEOUT) {
+                crate::output::warn(format_args!(
+                    "leaving cgroup {} in place: {e:#} (`cgdrop cleanup` removes it)",
+                    self.path.display()
+                ));
             }
         }
     }

@@ -2,14 +2,18 @@
 //! it runs as, starting it inside the cgroup with the privilege drop, and
 //! the shell's convention for its exit status.
 use std::{
-    ffi::OsString,
+    ffi::{CString, OsString},
     fs::OpenOptions,
-    os::{fd::AsRawFd, unix::process::CommandExt, unix::process::ExitStatusExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
+    },
     path::Path,
-    process::{Child, Command, ExitStatus},
+    process::{Command, ExitStatus},
 };
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 
 use crate::host::cgroup::Cgroup;
 
@@ -17,22 +21,13 @@ use crate::host::cgroup::Cgroup;
 pub enum Cmd<'a> {
     /// `--run`: through `sh -c`.
     Shell(&'a str),
-    /// `cgdrop run`: argv as given, optionally as another user.
-    Argv { argv: &'a [OsString], user: Option<&'a nix::unistd::User> },
+    /// `cgdrop run`: argv as given, optionally as another user (the sandbox mode).
+    Argv { argv: &'a [OsString], user: Option<&'a nix::unistd::User>, keep_fds: &'a [i32] },
 }
 
 /// Fails unless the command can be found, before anything is attached.
 pub fn check_command(argv: &[OsString]) -> Result<()> {
-    let name = argv.first().context("no command given")?;
-    let found = if Path::new(name).components().count() > 1 {
-        Path::new(name).is_file()
-    } else {
-        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
-    };
-    if !found {
-        bail!("command not found: {}: give a path or a program on PATH", Path::new(name).display());
-    }
-    Ok(())
+    find_program(argv.first().context("no command given")?).map(|_| ())
 }
 
 /// A name or a numeric uid.
@@ -46,71 +41,292 @@ pub fn lookup_user(name: &str) -> Result<nix::unistd::User> {
         .with_context(|| format!("unknown user '{name}': `getent passwd` lists the users of this host"))
 }
 
-/// Starts the command already inside the cgroup: between fork and exec the
-/// child moves itself in (writes "0" to cgroup.procs), so its first socket is
-/// filtered, then drops to the --user's groups and ids (after the move, which
-/// needs root).
+/// The command, started: its pid and a pidfd, so that signals never reach
+/// another process that reused the pid.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl Child {
+    /// Sends `sig` to the command (a no-op once it has been reaped).
+    pub fn signal(&self, sig: Signal) {
+        // SAFETY: pidfd_send_signal on a pidfd this struct owns; no siginfo.
+        unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig as nix::libc::c_int,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+
+    /// Waits for the command's exit.
+    pub fn wait(&self) -> ExitStatus {
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child and writes its status into a local.
+            let ret = unsafe { nix::libc::waitpid(self.pid, &mut status, 0) };
+            if ret == self.pid {
+                return ExitStatus::from_raw(status);
+            }
+            if ret < 0 && std::io::Error::last_os_error().raw_os_error() != Some(nix::libc::EINTR) {
+                // Not ours to wait for any more; 127 like a shell's failure.
+                return ExitStatus::from_raw(127 << 8);
+            }
+        }
+    }
+}
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// The highest capability number there can be (the bounding set is dropped up to it;
+/// numbers the kernel does not know fail with EINVAL, which ends the loop).
+const CAP_LAST: i32 = 63;
+
+/// Everything the child needs, prepared before the clone: after it, only
+/// async-signal-safe syscalls on this memory (no allocation, no locks).
+struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// uid, gid, supplementary groups of --user.
+    ids: Option<(u32, u32, Vec<nix::libc::gid_t>)>,
+    /// The stdio descriptors to give the command (own open file descriptions).
+    stdio: [Option<OwnedFd>; 3],
+    keep_fds: Vec<i32>,
+    sandbox: bool,
+}
+
+/// Starts the command inside the cgroup with clone3(CLONE_INTO_CGROUP): it
+/// never exists outside it, so its first socket is filtered. Inherited
+/// descriptors above stderr are closed (but `keep_fds`): a socket created
+/// outside the cgroup would send unfiltered. With a --user (the sandbox
+/// mode): a new session without root's controlling terminal, a clean
+/// environment, an empty capability bounding set, the user's groups and ids,
+/// NO_NEW_PRIVS. The command gets its own open file descriptions for
+/// terminal and pipe stdio, so flags it sets there (O_NONBLOCK) are not cgdrop's.
 pub fn spawn_in_cgroup(cmd: &Cmd<'_>, cgroup: &Cgroup) -> Result<Child> {
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(cgroup.procs_path())
-        .with_context(|| format!("opening {}", cgroup.procs_path().display()))?;
-    let fd = procs.as_raw_fd();
-    let (mut command, what, user) = match cmd {
-        Cmd::Shell(line) => {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(line);
-            (c, (*line).to_string(), None)
-        }
-        Cmd::Argv { argv, user } => {
-            let (first, rest) = argv.split_first().context("no command given")?;
-            let mut c = Command::new(first);
-            c.args(rest);
-            (c, argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "), *user)
-        }
+    let p = prepare(cmd)?;
+    let what = p.argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    let err_pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
+    let mut argv: Vec<*const nix::libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const nix::libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let parent = std::process::id() as nix::libc::pid_t;
+    let mut pidfd: nix::libc::c_int = -1;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut _ as u64,
+        exit_signal: nix::libc::SIGCHLD as u64,
+        cgroup: cgroup.raw_fd() as u64,
+        ..CloneArgs::default()
     };
-    let ids = match user {
+    // SAFETY: clone3 without CLONE_VM is a fork; the child runs only
+    // `child_exec`, which makes raw syscalls on memory prepared above and
+    // never returns.
+    let pid = unsafe { nix::libc::syscall(nix::libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
+    if pid == 0 {
+        // SAFETY: in the child; see child_exec.
+        unsafe { child_exec(&p, &argv, &envp, err_pipe.1.as_raw_fd(), parent) }
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("starting `{what}` in cgroup {} (clone3)", cgroup.path.display()));
+    }
+    drop(err_pipe.1);
+    // SAFETY: the kernel returned a new pidfd in `pidfd`; nothing else owns it.
+    let child = Child { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } };
+    // EOF: exec succeeded (the pipe is close-on-exec). Four bytes: its errno.
+    let mut errno = [0u8; 4];
+    let n = nix::unistd::read(err_pipe.0.as_raw_fd(), &mut errno).unwrap_or(0);
+    if n == 4 {
+        child.wait();
+        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+            .with_context(|| format!("running `{what}` in cgroup {}", cgroup.path.display()));
+    }
+    Ok(child)
+}
+
+fn prepare(cmd: &Cmd<'_>) -> Result<Prepared> {
+    let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).context("an argument contains a NUL byte");
+    let (argv, user, keep_fds): (Vec<CString>, _, &[i32]) = match cmd {
+        Cmd::Shell(line) => (vec![cstr("sh".as_ref())?, cstr("-c".as_ref())?, cstr(line.as_ref())?], None, &[]),
+        Cmd::Argv { argv, user, keep_fds } => (argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?, *user, keep_fds),
+    };
+    let first = argv.first().context("no command given")?;
+    let program = cstr(find_program(std::ffi::OsStr::from_bytes(first.as_bytes()))?.as_os_str())?;
+    let (envp, ids) = match user {
+        None => (
+            std::env::vars_os().map(|(k, v)| cstr(&[k, v].join(std::ffi::OsStr::new("=")))).collect::<Result<_>>()?,
+            None,
+        ),
         Some(u) => {
-            let name = std::ffi::CString::new(u.name.as_str()).context("user name contains NUL")?;
+            let name = CString::new(u.name.as_str()).context("user name contains NUL")?;
             let groups =
                 nix::unistd::getgrouplist(&name, u.gid).with_context(|| format!("reading the groups of {}", u.name))?;
-            command.env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
-            Some((u.uid.as_raw(), u.gid.as_raw(), groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>()))
+            let mut env = vec![
+                format!("PATH={SAFE_PATH}"),
+                format!("HOME={}", u.dir.display()),
+                format!("USER={}", u.name),
+                format!("LOGNAME={}", u.name),
+                format!("SHELL={}", u.shell.display()),
+            ];
+            if let Some(term) = std::env::var_os("TERM") {
+                env.push(format!("TERM={}", term.to_string_lossy()));
+            }
+            let env = env
+                .into_iter()
+                .map(|e| CString::new(e).context("an environment value contains NUL"))
+                .collect::<Result<_>>()?;
+            (env, Some((u.uid.as_raw(), u.gid.as_raw(), groups.iter().map(|g| g.as_raw()).collect())))
         }
-        None => None,
     };
-    let parent = std::process::id() as nix::libc::pid_t;
-    // SAFETY: the closure only makes raw syscalls (write, setgroups, setgid,
-    // setuid, prctl, getppid) on memory prepared before the fork; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            let last = std::io::Error::last_os_error;
-            if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(last());
-            }
-            if let Some((uid, gid, groups)) = &ids {
-                if nix::libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || nix::libc::setgid(*gid) != 0
-                    || nix::libc::setuid(*uid) != 0
-                {
-                    return Err(last());
-                }
-            }
-            // Should cgdrop be killed (SIGKILL detaches its policy), the
-            // command must not run on unfiltered: it dies with cgdrop. Set
-            // after setuid, which clears it; then check cgdrop is still there.
-            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL as nix::libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(last());
-            }
-            if nix::libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
-            }
-            Ok(())
-        });
+    Ok(Prepared {
+        program,
+        argv,
+        envp,
+        ids,
+        stdio: [own_description(0), own_description(1), own_description(2)],
+        keep_fds: keep_fds.to_vec(),
+        sandbox: user.is_some(),
+    })
+}
+
+/// PATH of the sandboxed command (its environment is not root's).
+const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A new open file description of stdio descriptor `fd` when it is a
+/// terminal or a pipe (reopened through /proc), so that what the command
+/// sets on it (O_NONBLOCK) does not change cgdrop's; `None` keeps cgdrop's.
+fn own_description(fd: i32) -> Option<OwnedFd> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    let kind = st.st_mode & nix::libc::S_IFMT;
+    if kind != nix::libc::S_IFIFO && kind != nix::libc::S_IFCHR {
+        return None;
     }
-    let child = command.spawn().with_context(|| format!("running `{what}` in cgroup {}", cgroup.path.display()))?;
-    drop(procs);
-    Ok(child)
+    // SAFETY: F_GETFL on a descriptor number; no memory is passed.
+    let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFL) };
+    if flags < 0 {
+        return None;
+    }
+    let access = flags & nix::libc::O_ACCMODE;
+    let path = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    // SAFETY: a NUL-terminated path; the result is checked.
+    let new = unsafe { nix::libc::open(path.as_ptr(), access | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC) };
+    // SAFETY: a fresh descriptor nothing else owns.
+    (new >= 0).then(|| unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// The program's path: as given when it has a slash, else looked up in PATH.
+fn find_program(name: &std::ffi::OsStr) -> Result<std::path::PathBuf> {
+    if Path::new(name).components().count() > 1 {
+        if Path::new(name).is_file() {
+            return Ok(Path::new(name).to_path_buf());
+        }
+    } else if let Some(paths) = std::env::var_os("PATH") {
+        if let Some(found) = std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()) {
+            return Ok(found);
+        }
+    }
+    bail!("command not found: {}: give a path or a program on PATH", Path::new(name).display())
+}
+
+/// The child between clone3 and exec. Only raw syscalls; on failure the
+/// errno goes to `err_fd` and the child exits 127.
+///
+/// # Safety
+/// Must only be called in the child of clone3, with pointers into memory
+/// that was prepared before the clone.
+unsafe fn child_exec(
+    p: &Prepared,
+    argv: &[*const nix::libc::c_char],
+    envp: &[*const nix::libc::c_char],
+    err_fd: i32,
+    parent: nix::libc::pid_t,
+) -> ! {
+    use nix::libc;
+    let fail = |err: i32| -> ! {
+        let bytes = err.to_ne_bytes();
+        libc::write(err_fd, bytes.as_ptr().cast(), 4);
+        libc::_exit(127)
+    };
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    if p.sandbox && libc::setsid() < 0 {
+        fail(errno());
+    }
+    for (fd, own) in p.stdio.iter().enumerate() {
+        if let Some(own) = own {
+            if libc::dup2(own.as_raw_fd(), fd as i32) < 0 {
+                fail(errno());
+            }
+        }
+    }
+    // Descriptors above stderr are closed at exec, but those kept on request;
+    // close-on-exec rather than closed, so that err_fd works until exec.
+    let mut from: u32 = 3;
+    let mut keep = p.keep_fds.clone();
+    keep.sort_unstable();
+    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+        let fd = fd as u32;
+        if fd > from {
+            libc::syscall(libc::SYS_close_range, from, fd - 1, libc::CLOSE_RANGE_CLOEXEC);
+        }
+        let flags = libc::fcntl(fd as i32, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd as i32, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+        }
+        from = fd + 1;
+    }
+    if libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+        fail(errno());
+    }
+    if let Some((uid, gid, groups)) = &p.ids {
+        // Capabilities can no longer be regained (setuid binaries included).
+        for cap in 0..=CAP_LAST {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                break;
+            }
+        }
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 || libc::setuid(*uid) != 0 {
+            fail(errno());
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(errno());
+        }
+    }
+    // Not the guarantee (the policy is pinned while the command runs), but
+    // a command should not outlive a cgdrop that can no longer report on it.
+    // Set after setuid, which clears it; then check cgdrop is still there.
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        fail(errno());
+    }
+    if libc::getppid() != parent {
+        fail(libc::ESRCH);
+    }
+    libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(errno())
 }
 
 /// Makes `cmd` move itself into the cgroup at `path` between fork and exec
@@ -144,7 +360,6 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::Signal;
 
     #[test]
     fn exit_codes_follow_the_shell() {

@@ -47,7 +47,7 @@ pub fn sweep_expired(skel: &CgdropSkel<'_>, installed: &mut Installed) -> Result
 }
 
 fn print_live(_level: PrintLevel, msg: String) {
-    eprint!("{msg}");
+    crate::say_raw!("{msg}");
 }
 
 /// Sends libbpf's log (including the verifier's) to stderr when `verbose`;

@@ -56,7 +56,7 @@ pub fn prepare_root() -> Result<PathBuf> {
             None::<&str>,
         )
         .with_context(|| format!("mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"))?;
-        eprintln!("cgdrop: mounted bpffs at {BPFFS} (it was not mounted)");
+        crate::say!("cgdrop: mounted bpffs at {BPFFS} (it was not mounted)");
     }
     let root = cgdrop_root();
     check_not_symlink(&root)?;

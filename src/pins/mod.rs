@@ -1,4 +1,5 @@
-//! Persistent policies: bpffs and cgdrop's directory there (`bpffs`), and
-//! one pinned policy (`pinned`).
+//! What cgdrop keeps on bpffs: its directory there (`bpffs`), one pinned
+//! policy (`pinned`), and the pins of sessions on cgroups it owns (`runs`).
 pub mod bpffs;
 pub mod pinned;
+pub mod runs;

@@ -1,0 +1,111 @@
+//! The pins of a session on a cgroup cgdrop owns (`cgdrop run`, `--create`):
+//! `/sys/fs/bpf/cgdrop/runs/<cgroup-id>/` holds `info` (which cgroup) and
+//! the links. While a process is left in the cgroup, the policy must not
+//! depend on cgdrop's own descriptors: a killed cgdrop leaves the policy
+//! attached here, and the next cgdrop command (or `cgdrop cleanup`) empties
+//! the cgroup, then removes these pins and the cgroup.
+use std::{
+    fs,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+
+use crate::{
+    host::cgroup::Cgroup,
+    kernel::{config::Info, loader::Hook, skel::CgdropSkel},
+    pins::{
+        bpffs,
+        pinned::{link_path, write_info},
+    },
+};
+
+/// `/sys/fs/bpf/cgdrop/runs`.
+pub fn runs_dir() -> PathBuf {
+    bpffs::cgdrop_root().join("runs")
+}
+
+/// A session's pins; removed (which detaches, once cgdrop's own link
+/// descriptors are closed too) by `remove`.
+pub struct RunPins {
+    dir: PathBuf,
+}
+
+impl RunPins {
+    /// Pins `info` first (so that any pin directory names its cgroup), then
+    /// every link.
+    pub fn pin(skel: &mut CgdropSkel<'_>, links: &mut [(Hook, Link)], cgroup: &Cgroup) -> Result<Self> {
+        bpffs::prepare_root()?;
+        let runs = runs_dir();
+        if !runs.exists() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&runs)
+                .or_else(|e| if runs.is_dir() { Ok(()) } else { Err(e) })
+                .with_context(|| format!("creating {}", runs.display()))?;
+        }
+        let dir = runs.join(cgroup.id.to_string());
+        if dir.exists() {
+            // A cgroup id is an inode number: one of a cgroup long gone can come back.
+            fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
+        }
+        fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let me = Self { dir };
+        write_info(skel, cgroup)?;
+        let info = me.dir.join("info");
+        skel.maps.info.pin(&info).with_context(|| format!("pinning map {}", info.display()))?;
+        for (hook, link) in links.iter_mut() {
+            let path = link_path(&me.dir, *hook);
+            link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
+        }
+        Ok(me)
+    }
+
+    /// Removes the pins: with cgroup empty, the policy can go.
+    pub fn remove(self) -> Result<()> {
+        remove(&self.dir)
+    }
+}
+
+fn remove(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A session's pins found on bpffs, and the cgroup they record.
+pub struct Found {
+    pub dir: PathBuf,
+    pub id: u64,
+    /// None when `info` is missing or unreadable (killed while pinning it:
+    /// then no link is pinned either).
+    pub info: Option<Info>,
+}
+
+impl Found {
+    pub fn remove(&self) -> Result<()> {
+        remove(&self.dir)
+    }
+}
+
+/// Every session pin directory.
+pub fn list() -> Vec<Found> {
+    let Ok(entries) = fs::read_dir(runs_dir()) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.parse().ok()?;
+            let dir = e.path();
+            let info = MapHandle::from_pinned_path(dir.join("info"))
+                .ok()
+                .and_then(|m| m.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).ok().flatten())
+                .and_then(|raw| Info::decode(&raw).ok());
+            Some(Found { dir, id, info })
+        })
+        .collect()
+}
