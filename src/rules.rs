@@ -230,7 +230,7 @@ pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>> {
         .with_context(|| format!("reading {}", what()))?;
     let meta = file.metadata().with_context(|| format!("reading {}", what()))?;
     if !meta.is_file() {
-        bail!("{} is not a regular file: give a file (pipes and devices are not read)", what());
+        bail!("reading {}: not a regular file (pipes, devices and directories are not read)", what());
     }
     if meta.len() > MAX_RULES_FILE_BYTES {
         bail!("{} has {} bytes: at most {MAX_RULES_FILE_BYTES} are read", what(), meta.len());

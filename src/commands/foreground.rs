@@ -44,7 +44,7 @@ pub fn run(args: &ForegroundArgs, verbose: bool) -> Result<u8> {
 pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     announce_rules_file(&args.policy);
     let policy = Policy::from_args(&args.policy)?;
-    check_command(&args.command)?;
+    check_command(&args.command, args.user.is_some())?;
     let user = match &args.user {
         Some(name) => Some(lookup_user(name)?),
         None => None,

@@ -122,8 +122,8 @@ pub fn locate(arg: &Path, create: bool, whole_host: bool) -> Result<Location> {
         Ok(c)
     };
     if fs::symlink_metadata(&path).is_ok() {
-        let path = inside(&path)?;
         check_cgroup2(&path, &root)?;
+        let path = inside(&path)?;
         if path == canonical_root && !whole_host {
             bail!(
                 "{} is the root cgroup: a policy there applies to every process of the host (sshd included); pass --whole-host if that is what you want",

@@ -25,9 +25,10 @@ pub enum Cmd<'a> {
     Argv { argv: &'a [OsString], user: Option<&'a nix::unistd::User>, keep_fds: &'a [i32] },
 }
 
-/// Fails unless the command can be found, before anything is attached.
-pub fn check_command(argv: &[OsString]) -> Result<()> {
-    find_program(argv.first().context("no command given")?).map(|_| ())
+/// Fails unless the command can be found (on the sandbox's PATH with
+/// `sandbox`, else on cgdrop's), before anything is attached.
+pub fn check_command(argv: &[OsString], sandbox: bool) -> Result<()> {
+    find_program(argv.first().context("no command given")?, sandbox).map(|_| ())
 }
 
 /// A name or a numeric uid.
@@ -176,7 +177,7 @@ fn prepare(cmd: &Cmd<'_>) -> Result<Prepared> {
         Cmd::Argv { argv, user, keep_fds } => (argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?, *user, keep_fds),
     };
     let first = argv.first().context("no command given")?;
-    let program = cstr(find_program(std::ffi::OsStr::from_bytes(first.as_bytes()))?.as_os_str())?;
+    let program = cstr(find_program(std::ffi::OsStr::from_bytes(first.as_bytes()), user.is_some())?.as_os_str())?;
     let (envp, ids) = match user {
         None => (
             std::env::vars_os().map(|(k, v)| cstr(&[k, v].join(std::ffi::OsStr::new("=")))).collect::<Result<_>>()?,
@@ -239,18 +240,24 @@ fn own_description(fd: i32) -> Option<OwnedFd> {
     (new >= 0).then(|| unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// The program's path: as given when it has a slash, else looked up in PATH.
-fn find_program(name: &std::ffi::OsStr) -> Result<std::path::PathBuf> {
+/// The program's path: as given when it has a slash, else the first
+/// executable file of that name in PATH (the sandbox's PATH with `sandbox`:
+/// root's may lead where the user cannot go).
+fn find_program(name: &std::ffi::OsStr, sandbox: bool) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let path_var = if sandbox { Some(OsString::from(SAFE_PATH)) } else { std::env::var_os("PATH") };
     if Path::new(name).components().count() > 1 {
         if Path::new(name).is_file() {
             return Ok(Path::new(name).to_path_buf());
         }
-    } else if let Some(paths) = std::env::var_os("PATH") {
-        if let Some(found) = std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()) {
+    } else if let Some(paths) = path_var {
+        if let Some(found) = std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| executable(p)) {
             return Ok(found);
         }
     }
-    bail!("command not found: {}: give a path or a program on PATH", Path::new(name).display())
+    let on = if sandbox { format!("the PATH of --user commands ({SAFE_PATH})") } else { "PATH".to_string() };
+    bail!("command not found: {}: give a path or a program on {on}", Path::new(name).display())
 }
 
 /// The child between clone3 and exec. Only raw syscalls; on failure the
