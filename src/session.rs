@@ -327,8 +327,9 @@ fn wait_events(
         }
         if now >= next_check {
             if !cgroup.still_there() {
+                let how = if cgroup.path.exists() { "removed and created again" } else { "removed" };
                 bail!(
-                    "cgroup {} was removed (or removed and created again) while cgdrop was attached: the programs went with it; nothing there is filtered now",
+                    "cgroup {} was {how} while cgdrop was attached: the programs went with it; nothing there is filtered now",
                     cgroup.path.display()
                 );
             }

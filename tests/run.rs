@@ -12,8 +12,12 @@ use common::{summary, Cgdrop, Probe, CGDROP};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-fn run_cgroup(cgdrop_pid: u32) -> std::path::PathBuf {
-    common::cgroup2_root().join(format!("cgdrop-run-{cgdrop_pid}"))
+/// The cgroup cgdrop named in its "attached to cgroup PATH (id N)" line.
+fn run_cgroup(stderr: &str) -> std::path::PathBuf {
+    let rest = stderr.split("attached to cgroup ").nth(1).unwrap_or_else(|| panic!("no attached line: {stderr}"));
+    let path = rest.split(" (id ").next().unwrap();
+    assert!(path.contains("/cgdrop-run-"), "{path}");
+    path.into()
 }
 
 #[test]
@@ -37,7 +41,7 @@ fn exit_status_is_the_commands() {
 fn signals_are_passed_to_the_command() {
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         let cgdrop = Cgdrop::start(&["run", "--", "sleep", "30"]);
-        let cgroup = run_cgroup(cgdrop.pid().as_raw() as u32);
+        let cgroup = run_cgroup(&cgdrop.stderr);
         cgdrop.signal(sig);
         let (status, _, stderr) = cgdrop.wait();
         // sleep died of the signal cgdrop passed on: 128 + signal.
@@ -56,9 +60,9 @@ fn leftovers_are_killed_and_the_cgroup_removed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let cgroup = run_cgroup(child.id());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cgroup = run_cgroup(&String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines();
     let pid: i32 = lines.next().unwrap().trim().parse().unwrap();

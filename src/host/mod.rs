@@ -3,3 +3,4 @@
 pub mod cgroup;
 pub mod preflight;
 pub mod process;
+pub mod tree;

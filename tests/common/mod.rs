@@ -68,6 +68,23 @@ pub fn remove_cgroup(path: &Path) {
     }
 }
 
+/// `cgdrop-run-…` cgroups under the cgroup2 root.
+pub fn run_cgroups() -> Vec<PathBuf> {
+    fs::read_dir(cgroup2_root())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cgdrop-run-"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Session pins left under /sys/fs/bpf/cgdrop/runs.
+pub fn run_pins() -> Vec<String> {
+    fs::read_dir("/sys/fs/bpf/cgdrop/runs")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 /// Makes `cmd` move itself into `cgroup` between fork and exec.
 pub fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
     cgdrop::host::process::join_on_exec(cmd, cgroup).expect("open cgroup.procs");
