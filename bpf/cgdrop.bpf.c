@@ -116,10 +116,17 @@ static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
 	return r->expires_ns > *now ? r->action : 0;
 }
 
+/* lookup_live's answer when it looked past MAX_EXPIRED_SKIPS expired rules and could not decide. */
+#define UNDECIDED 0xff
+
 /*
  * The action of the longest live rule for `key` in the trie `map`, or 0. An
  * expired rule hides shorter ones in an LPM trie: look again with a prefix
- * one bit shorter than the expired one. `prefixlen` points into `key`.
+ * one bit shorter than the expired one. After MAX_EXPIRED_SKIPS expired rules
+ * the answer is UNDECIDED, which the verdict treats as a drop: an expired
+ * rule must never change the verdict of a live one, and userspace deletes
+ * expired rules (promptly in foreground, whenever a command touches a pin).
+ * `prefixlen` points into `key`.
  */
 static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u64 *now)
 {
@@ -135,7 +142,7 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 			return action;
 		*prefixlen = r->prefixlen - 1;
 	}
-	return 0;
+	return UNDECIDED;
 }
 
 static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
@@ -192,7 +199,7 @@ static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 po
 	}
 	if (action == CGDROP_ACTION_ALLOW)
 		return false;
-	if (action == CGDROP_ACTION_DENY)
+	if (action == CGDROP_ACTION_DENY || action == UNDECIDED)
 		return true;
 	return !unmatched_pass;
 }

@@ -49,6 +49,12 @@ enum cgdrop_action {
 	CGDROP_ACTION_DENY = 2,
 };
 
+/* Bits of a rule's `origin`. */
+enum cgdrop_rule_origin {
+	/* Added to a pinned policy with `cgdrop rule add`: `pin --replace` carries it over. */
+	CGDROP_RULE_LIVE = 1,
+};
+
 /* Limits both sides must agree on. */
 enum cgdrop_limits {
 	/* Rules per address family: the size of each LPM trie. */
@@ -65,7 +71,7 @@ enum cgdrop_limits {
  * pinned by another cgdrop is refused with a message instead of misread.
  */
 enum cgdrop_layout {
-	CGDROP_LAYOUT_VERSION = 2,
+	CGDROP_LAYOUT_VERSION = 3,
 };
 
 /*
@@ -113,6 +119,9 @@ struct cgdrop_rule {
 	enum cgdrop_action action;
 	/* The key's prefixlen, so that an expired rule can be looked past. */
 	__u32 prefixlen;
+	/* CGDROP_RULE_* bits; the programs never read it. */
+	enum cgdrop_rule_origin origin;
+	__u32 pad;
 };
 
 /*

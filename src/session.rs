@@ -131,15 +131,23 @@ pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interv
     let mut view = LiveView::new(interval.map(Duration::from_secs));
     // What a reload starts from: the command line's part never changes.
     let base = policy.clone();
-    let waited = wait_events(&rx, &tx, &stopped, child.as_deref(), &mut view, cgroup, &base, |tick| match tick {
-        Tick::Report => {
-            loader::sweep_expired(&skel, &mut installed)?;
-            Ok(Some(stats::read(&skel.maps.stats)?))
-        }
-        Tick::Apply(next) => {
-            apply_reload(&mut policy, next, &mut skel, &mut installed);
-            Ok(None)
-        }
+    let mut sweep_at = next_sweep(&installed);
+    let waited = wait_events(&rx, &tx, &stopped, child.as_deref(), &mut view, cgroup, &base, &mut sweep_at, |tick| {
+        let shown = match tick {
+            Tick::Report => {
+                loader::sweep_expired(&skel, &mut installed)?;
+                Some(stats::read(&skel.maps.stats)?)
+            }
+            Tick::Sweep => {
+                loader::sweep_expired(&skel, &mut installed)?;
+                None
+            }
+            Tick::Apply(next) => {
+                apply_reload(&mut policy, next, &mut skel, &mut installed);
+                None
+            }
+        };
+        Ok((shown, next_sweep(&installed)))
     });
     // An owned cgroup is emptied while the policy is still in force.
     let emptied = if cgroup.owned() { cgroup.kill_all() } else { Ok(()) };
@@ -163,6 +171,16 @@ fn end(cgroup: &Cgroup, pins: Option<RunPins>, links: Vec<(crate::kernel::loader
             output::warn(format_args!("detaching from {}: {e:#} (`cgdrop cleanup` retries)", cgroup.path.display()));
         }
     }
+}
+
+/// When the next temporary rule expires: it is deleted then, so that expired
+/// rules never pile up in the tries (the programs look past a few of them,
+/// then fail closed).
+fn next_sweep(installed: &Installed) -> Option<Instant> {
+    let at_ns = installed.next_expiry()?;
+    let now_ns = crate::kernel::rulemaps::boot_time_ns().ok()?;
+    // A millisecond late rather than early: the rule has expired when it is swept.
+    Some(Instant::now() + Duration::from_nanos(at_ns.saturating_sub(now_ns)) + Duration::from_millis(1))
 }
 
 /// Swaps in the rules of a re-read rules file; on any error the old rules
@@ -211,6 +229,8 @@ fn forward_signals(tx: mpsc::Sender<Event>, hup_reloads: bool) -> Result<Arc<Ato
 enum Tick {
     /// An interval passed: return the counters to show.
     Report,
+    /// A temporary rule expired: delete it.
+    Sweep,
     /// The rules file was read again: apply it.
     Apply(Result<Policy>),
 }
@@ -268,14 +288,15 @@ fn wait_events(
     view: &mut LiveView,
     cgroup: &Cgroup,
     policy: &Policy,
-    mut on_tick: impl FnMut(Tick) -> Result<Option<Stats>>,
+    sweep_at: &mut Option<Instant>,
+    mut on_tick: impl FnMut(Tick) -> Result<(Option<Stats>, Option<Instant>)>,
 ) -> Result<Option<ExitStatus>> {
     let mut kill_at: Option<Instant> = None;
     let mut next_check = Instant::now() + CGROUP_CHECK;
     // When the stop flag was first seen without its Stop event.
     let mut flag_only_since: Option<Instant> = None;
     loop {
-        let wake = [view.next, kill_at, Some(next_check)].into_iter().flatten().min().unwrap_or(next_check);
+        let wake = [view.next, kill_at, *sweep_at, Some(next_check)].into_iter().flatten().min().unwrap_or(next_check);
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Exited(status)) => return Ok(Some(status)),
             Ok(Event::Reload) => {
@@ -287,7 +308,7 @@ fn wait_events(
                 });
             }
             Ok(Event::Reloaded(next)) => {
-                on_tick(Tick::Apply(next))?;
+                *sweep_at = on_tick(Tick::Apply(next))?.1;
             }
             Ok(Event::Stop { signal, sent }) => {
                 let Some(child) = child else { return Ok(None) };
@@ -320,8 +341,13 @@ fn wait_events(
             }
             kill_at = None;
         }
+        if sweep_at.is_some_and(|at| now >= at) {
+            *sweep_at = on_tick(Tick::Sweep)?.1;
+        }
         if view.next.is_some_and(|at| now >= at) {
-            if let Some(s) = on_tick(Tick::Report)? {
+            let (shown, next) = on_tick(Tick::Report)?;
+            *sweep_at = next;
+            if let Some(s) = shown {
                 view.show(s);
             }
         }

@@ -13,13 +13,13 @@ use crate::{
     },
     kernel::{
         loader::{self, Hook},
-        rulemaps::Installed,
+        rulemaps::{self, Entry, Installed, RuleMaps},
         skel::CgdropSkel,
     },
     output,
     pins::{
         bpffs::{self, obj_pin, TempDir},
-        pinned::{link_path, pin_maps, write_info, Pinned},
+        pinned::{link_path, lock_dir, pin_maps, write_info, Pinned},
         runs,
     },
     policy::Policy,
@@ -50,13 +50,20 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
         );
     }
 
+    // Changes to one policy are serialised (see `Pinned::lock`).
+    let _lock = if existing { Some(lock_dir(&dir)?) } else { None };
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let mut skel = loader::load(&policy, &mut object)?;
-    loader::apply_rules(&mut skel, &mut Installed::new(), &policy)?;
+    let mut installed = Installed::new();
+    loader::apply_rules(&mut skel, &mut installed, &policy)?;
+    let carried = if existing { carry_live_rules(&mut skel, &installed, &dir)? } else { 0 };
     write_info(&skel, &cgroup)?;
     let tmp = TempDir::create(root.join(format!("new-{}-{}", cgroup.id, std::process::id())))?;
     if existing {
         replace_into(&mut skel, &cgroup, &policy, tmp, &dir)?;
+        if carried > 0 {
+            crate::say!("cgdrop: carried over {carried} rule(s) added with `cgdrop rule add` (with their expiries)");
+        }
     } else {
         pin_fresh(&mut skel, &cgroup, &policy, tmp, &dir)?;
     }
@@ -71,6 +78,29 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// Writes the live rules of the pinned policy in `dir` (added with `rule
+/// add`, not expired) into the new skeleton, unless the new policy has a rule
+/// for the same target (the new policy wins). Returns how many.
+fn carry_live_rules(skel: &mut CgdropSkel<'_>, new: &Installed, dir: &Path) -> Result<usize> {
+    let old = Pinned::open(dir)?;
+    let now_ns = rulemaps::boot_time_ns()?;
+    let carried: Vec<Entry> = RuleMaps { v4: &old.rules_v4, v6: &old.rules_v6 }
+        .read_all()?
+        .entries
+        .into_iter()
+        .filter(|e| e.live && (e.expires_ns == 0 || e.expires_ns > now_ns))
+        .filter(|e| new.entries.binary_search_by_key(&e.target, |n| n.target).is_err())
+        .collect();
+    let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
+    for e in &carried {
+        maps.put(e)?;
+    }
+    let bss = skel.maps.bss_data.as_deref_mut().context("the BPF object has no .bss section")?;
+    bss.has_rules |= u32::from(!carried.is_empty());
+    bss.has_port_rules |= u32::from(carried.iter().any(|e| e.target.port != 0));
+    Ok(carried.len())
 }
 
 fn pin_fresh(skel: &mut CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy, mut tmp: TempDir, dir: &Path) -> Result<()> {
@@ -197,6 +227,7 @@ pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
     }
     let arg = cgroup.context("--cgroup or --all is required")?;
     let pinned = Pinned::find(arg)?;
+    let _lock = pinned.lock()?;
     let dir = pinned.dir.clone();
     let path = pinned.cgroup_path.clone();
     drop(pinned);

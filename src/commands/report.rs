@@ -1,9 +1,10 @@
 //! `cgdrop status` and `cgdrop stats`: pinned policies shown as text, JSON,
 //! Prometheus text exposition, or a live view with per-second rates.
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     io::IsTerminal,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -62,7 +63,7 @@ pub fn status(json: bool) -> Result<()> {
     for p in Pinned::list()? {
         let config = p.config()?;
         let rules = rule::live_rules(&p)?;
-        let count = |a| rules.0.iter().filter(|(_, action, _)| *action == a).count();
+        let count = |a| rules.entries.iter().filter(|e| e.action == a).count();
         let unmatched_pass = p.unmatched_pass()?;
         out.push((
             output::describe_pinned(&config, unmatched_pass, count(Action::Allow), count(Action::Deny)),
@@ -117,9 +118,11 @@ fn selected(cgroup: Option<&Path>) -> Result<Vec<Pinned>> {
 /// `cgdrop stats`.
 pub fn stats(args: &StatsArgs) -> Result<()> {
     preflight::check()?;
+    // Checked once up front, so that a wrong --cgroup is an error, not a view of one.
     let policies = selected(args.cgroup.as_deref())?;
     if let Some(secs) = args.watch {
-        return watch(&policies, Duration::from_secs(secs));
+        drop(policies);
+        return watch(args.cgroup.as_deref(), Duration::from_secs(secs));
     }
     let mut rows = Vec::new();
     for p in &policies {
@@ -207,27 +210,39 @@ pub fn prometheus(rows: &[(&str, &Stats)]) -> String {
     out
 }
 
-/// Redraws the counters with per-second rates every `interval` until SIGINT/SIGTERM.
-fn watch(policies: &[Pinned], interval: Duration) -> Result<()> {
+/// Redraws the counters with per-second rates every `interval` until
+/// SIGINT/SIGTERM. The policies are looked up again at every interval, so
+/// that the view follows `pin --replace` (new counters), `unpin` and new pins.
+fn watch(cgroup: Option<&Path>, interval: Duration) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
     let tty = std::io::stdout().is_terminal();
     let mut redraw = Redraw::default();
-    let mut previous: Vec<(Stats, Instant)> = Vec::new();
+    // By pin directory and pin time: a replaced policy starts over.
+    let mut previous: HashMap<(PathBuf, u64), (Stats, Instant)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let mut screen = String::new();
-        let mut current = Vec::new();
-        for (i, p) in policies.iter().enumerate() {
-            let s = stats::read(&p.stats)?;
-            let now = Instant::now();
-            let _ = writeln!(screen, "{} (id {})", p.cgroup_path, p.id);
-            screen += &output::table(&s);
-            if let Some((before, at)) = previous.get(i) {
-                screen += &output::watch_rates(&Rates::between((before, *at), (&s, now)));
+        let mut current = HashMap::new();
+        match selected(cgroup) {
+            Err(e) => {
+                let _ = writeln!(screen, "cgdrop: {e:#}");
             }
-            current.push((s, now));
+            Ok(policies) if policies.is_empty() => screen += "no pinned cgdrop policies\n",
+            Ok(policies) => {
+                for p in &policies {
+                    let s = stats::read(&p.stats)?;
+                    let now = Instant::now();
+                    let _ = writeln!(screen, "{} (id {})", p.cgroup_path, p.id);
+                    screen += &output::table(&s);
+                    let key = (p.dir.clone(), p.pinned_at);
+                    if let Some((before, at)) = previous.get(&key) {
+                        screen += &output::watch_rates(&Rates::between((before, *at), (&s, now)));
+                    }
+                    current.insert(key, (s, now));
+                }
+            }
         }
         crate::out_raw!("{}", if tty { redraw.frame(&screen) } else { screen });
         previous = current;

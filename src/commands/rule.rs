@@ -1,9 +1,18 @@
 //! `cgdrop rule add|del|list`: changes the rules of a pinned policy in place.
 //! A change is one map update or delete, seen by the next packet; nothing is
-//! reloaded. Expired rules are deleted whenever a command touches the policy.
+//! reloaded. Changes to one policy are serialised (`flock` on its directory).
+//! `add` and `del` mean this exact rule (target and prefix), never a
+//! longer-prefix match. Expired rules are deleted whenever a command touches the policy.
 //! What unmatched traffic gets was fixed when the policy was pinned and does
 //! not change here (`pin --replace` changes it).
-use std::{path::Path, time::Duration};
+use std::{
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -11,7 +20,7 @@ use serde::Serialize;
 use crate::{
     cli::RuleCommand,
     host::preflight,
-    kernel::rulemaps::{self, Installed, RuleMaps},
+    kernel::rulemaps::{self, Entry, Installed, RuleMaps},
     output::format_secs,
     pins::pinned::Pinned,
     rules::{Action, Target},
@@ -29,6 +38,21 @@ pub fn live_rules(p: &Pinned) -> Result<Installed> {
     Ok(rules)
 }
 
+/// The pinned policy of `cgroup`, locked. A `pin --replace` that held the
+/// lock may have swapped the directory meanwhile: then the new one is taken.
+fn locked(cgroup: &Path) -> Result<(Pinned, OwnedFd)> {
+    for _ in 0..10 {
+        let p = Pinned::find(cgroup)?;
+        let lock = p.lock()?;
+        let ino = |m: std::fs::Metadata| m.ino();
+        let held = nix::sys::stat::fstat(lock.as_raw_fd()).map(|st| st.st_ino).ok();
+        if std::fs::metadata(&p.dir).map(ino).ok() == held {
+            return Ok((p, lock));
+        }
+    }
+    bail!("the policy of {} kept changing under `rule`: try again", cgroup.display())
+}
+
 pub fn run(command: &RuleCommand) -> Result<()> {
     preflight::check()?;
     match command {
@@ -39,23 +63,34 @@ pub fn run(command: &RuleCommand) -> Result<()> {
 }
 
 fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>) -> Result<()> {
-    let p = Pinned::find(cgroup)?;
+    let (p, _lock) = locked(cgroup)?;
     live_rules(&p)?;
     let maps = maps(&p);
-    if let Some((existing, _)) = maps.get(target)? {
-        if existing != action {
-            let state = if existing == Action::Allow { "allowed" } else { "denied" };
-            bail!("{target} is already {state} on {}: `cgdrop rule del` it first", p.cgroup_path);
-        }
-    }
-    let expires_ns = match ttl {
+    let mut expires_ns = match ttl {
         Some(ttl) => rulemaps::boot_time_ns()?.saturating_add(ttl.as_nanos() as u64),
         None => 0,
     };
+    let mut note = String::new();
+    if let Some(existing) = maps.get(target)? {
+        if existing.action != action {
+            let state = if existing.action == Action::Allow { "allowed" } else { "denied" };
+            bail!("{target} is already {state} on {}: `cgdrop rule del` it first", p.cgroup_path);
+        }
+        // The same rule again: it keeps the longer of the two lifetimes.
+        let merged = rulemaps::longer(existing.expires_ns, expires_ns);
+        if merged != expires_ns {
+            note = if merged == 0 {
+                " (it was already there without a ttl: it stays permanent)".into()
+            } else {
+                " (it was already there for longer: it keeps that)".into()
+            };
+        }
+        expires_ns = merged;
+    }
     p.enable_lookups(target.port != 0)?;
-    maps.put(target, action, expires_ns)?;
+    maps.put(&Entry { target: *target, action, expires_ns, live: true })?;
     let lifetime = ttl.map_or(String::new(), |t| format!(" for {}", format_secs(t.as_secs())));
-    crate::say!("cgdrop: {action} {target}{lifetime} on {}", p.cgroup_path);
+    crate::say!("cgdrop: {action} {target}{lifetime} on {}{note}", p.cgroup_path);
     Ok(())
 }
 
@@ -76,21 +111,28 @@ fn parse_del_words(words: &[String]) -> Result<(Option<Action>, Target)> {
 
 fn del(cgroup: &Path, words: &[String]) -> Result<()> {
     let (action, target) = parse_del_words(words)?;
-    let p = Pinned::find(cgroup)?;
+    let (p, _lock) = locked(cgroup)?;
     live_rules(&p)?;
     let maps = maps(&p);
+    let asked = action.map_or(String::new(), |a| format!("{a} "));
     match maps.get(&target)? {
-        None => bail!("{} has no rule for {target} (`cgdrop rule list --cgroup {}`)", p.cgroup_path, cgroup.display()),
-        Some((existing, _)) if action.is_some_and(|a| a != existing) => {
-            let asked = action.map_or(String::new(), |a| a.to_string());
-            bail!("the rule for {target} on {} is {existing}, not {asked}", p.cgroup_path)
-        }
-        Some((existing, _)) => {
+        Some(existing) if action.is_none_or(|a| a == existing.action) => {
             maps.delete(&target)?;
-            crate::say!("cgdrop: deleted {existing} {target} on {}", p.cgroup_path);
+            crate::say!("cgdrop: deleted {} {target} on {}", existing.action, p.cgroup_path);
+            Ok(())
         }
+        Some(existing) => bail!(
+            "no such rule: {asked}{target} on {} (the rule for {target} is {}: `cgdrop rule del {} {target}`)",
+            p.cgroup_path,
+            existing.action,
+            existing.action
+        ),
+        None => bail!(
+            "no such rule: {asked}{target} on {} (`cgdrop rule list --cgroup {}` lists them)",
+            p.cgroup_path,
+            cgroup.display()
+        ),
     }
-    Ok(())
 }
 
 #[derive(Serialize)]
@@ -99,6 +141,8 @@ struct RuleJson {
     rule: String,
     /// Seconds left; null = never expires.
     expires_in_secs: Option<u64>,
+    /// Added with `rule add` (`pin --replace` carries it over).
+    added_live: bool,
 }
 
 fn list(cgroup: &Path, json: bool) -> Result<()> {
@@ -108,18 +152,24 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
     let left = |exp: u64| (exp != 0).then(|| exp.saturating_sub(now_ns) / 1_000_000_000);
     if json {
         let out: Vec<RuleJson> = rules
-            .0
+            .entries
             .iter()
-            .map(|(t, a, exp)| RuleJson { action: a.to_string(), rule: t.to_string(), expires_in_secs: left(*exp) })
+            .map(|e| RuleJson {
+                action: e.action.to_string(),
+                rule: e.target.to_string(),
+                expires_in_secs: left(e.expires_ns),
+                added_live: e.live,
+            })
             .collect();
         crate::outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     let unmatched = if p.unmatched_pass()? { "passes" } else { "is dropped" };
-    crate::outln!("# {}: {} rules; traffic no rule matches {unmatched}", p.cgroup_path, rules.0.len());
-    for (t, a, exp) in &rules.0 {
-        let ttl = left(*exp).map_or("never expires".to_string(), |s| format!("expires in {}", format_secs(s)));
-        crate::outln!("{a:<5} {:<44} {ttl}", t.to_string());
+    crate::outln!("# {}: {} rules; traffic no rule matches {unmatched}", p.cgroup_path, rules.entries.len());
+    for e in &rules.entries {
+        let ttl = left(e.expires_ns).map_or("never expires".to_string(), |s| format!("expires in {}", format_secs(s)));
+        let live = if e.live { " (rule add)" } else { "" };
+        crate::outln!("{:<5} {:<44} {ttl}{live}", e.action, e.target.to_string());
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The rules in the kernel: writes `Rule`s into the `rules_v4`/`rules_v6` LPM
 //! tries, swaps a whole rule set with no moment where neither set applies,
 //! and deletes expired rules.
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
@@ -10,7 +10,7 @@ use nix::time::{clock_gettime, ClockId};
 use crate::{
     kernel::{
         config::PORT_BITS,
-        skel::types::{cgdrop_action, cgdrop_key_v4, cgdrop_key_v6, cgdrop_rule},
+        skel::types::{cgdrop_action, cgdrop_key_v4, cgdrop_key_v6, cgdrop_rule, cgdrop_rule_origin},
     },
     rules::{Action, Rule, Target},
 };
@@ -21,7 +21,7 @@ use crate::{
 unsafe impl plain::Plain for cgdrop_key_v4 {}
 // SAFETY: as above.
 unsafe impl plain::Plain for cgdrop_key_v6 {}
-// SAFETY: u64 then a u32 enum newtype and a u32: no padding.
+// SAFETY: u64, then four u32 (two enum newtypes, `pad` explicit): no padding.
 unsafe impl plain::Plain for cgdrop_rule {}
 
 /// The bytes of a key or value. Only for the Plain types above, which have no
@@ -43,43 +43,96 @@ pub struct RuleMaps<'m, M: MapCore> {
     pub v6: &'m M,
 }
 
-/// What cgdrop wrote into the tries: (target, action, expiry in boot-time
-/// ns or 0 = never), sorted by target, one entry per target. A sorted vector
-/// rather than a hash map: set differences of a million rules are a merge.
+/// One rule in the tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub target: Target,
+    pub action: Action,
+    /// Boot-time ns after which it no longer matches; 0 = never.
+    pub expires_ns: u64,
+    /// Added with `rule add` (carried over by `pin --replace`).
+    pub live: bool,
+}
+
+/// Of two lifetimes (boot-time ns, 0 = never), the longer.
+pub fn longer(a: u64, b: u64) -> u64 {
+    if a == 0 || b == 0 {
+        0
+    } else {
+        a.max(b)
+    }
+}
+
+/// What cgdrop wrote into the tries, sorted by target, one entry per target.
+/// A sorted vector rather than a hash map: set differences of a million
+/// rules are a merge. `expiries` remembers when each temporary rule of a
+/// rules file (target, action, ttl) expires, so that a reload of an unchanged
+/// rule keeps its expiry instead of starting it again.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Installed(pub Vec<(Target, Action, u64)>);
+pub struct Installed {
+    pub entries: Vec<Entry>,
+    expiries: HashMap<(Target, Action, Duration), u64>,
+}
 
 impl Installed {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Builds the set from rules; for a target given twice the later rule wins,
-    /// as it does in the kernel when both are written in order.
-    fn from_rules(rules: &[Rule], now_ns: u64) -> Self {
-        let mut v: Vec<(Target, Action, u64)> = rules
+    /// The set `rules` stands for at `now_ns`: a target given twice (with
+    /// the same action: conflicts are refused before) gets the longer
+    /// lifetime; a temporary rule seen before keeps its first expiry, and
+    /// one that has expired is left out.
+    fn from_rules(rules: &[Rule], now_ns: u64, previous: &HashMap<(Target, Action, Duration), u64>) -> Self {
+        let mut expiries = HashMap::new();
+        let mut v: Vec<Entry> = rules
             .iter()
-            .map(|r| (r.target, r.action, r.ttl.map_or(0, |ttl| now_ns.saturating_add(ttl.as_nanos() as u64))))
+            .map(|r| {
+                let expires_ns = r.ttl.map_or(0, |ttl| {
+                    let key = (r.target, r.action, ttl);
+                    let at = previous.get(&key).copied().unwrap_or(now_ns.saturating_add(ttl.as_nanos() as u64));
+                    expiries.insert(key, at);
+                    at
+                });
+                Entry { target: r.target, action: r.action, expires_ns, live: false }
+            })
             .collect();
-        // Stable: among equal targets the original order stays, so keep the last.
-        v.sort_by_key(|(t, _, _)| *t);
-        let mut out: Vec<(Target, Action, u64)> = Vec::with_capacity(v.len());
+        v.sort_by_key(|e| e.target);
+        let mut out: Vec<Entry> = Vec::with_capacity(v.len());
         for entry in v {
             match out.last_mut() {
-                Some(last) if last.0 == entry.0 => *last = entry,
+                Some(last) if last.target == entry.target => {
+                    last.expires_ns = longer(last.expires_ns, entry.expires_ns);
+                    last.action = entry.action;
+                }
                 _ => out.push(entry),
             }
         }
-        Self(out)
+        out.retain(|e| e.expires_ns == 0 || e.expires_ns > now_ns);
+        Self { entries: out, expiries }
     }
 
     /// Targets in `self` that `other` does not have.
     fn missing_from<'a>(&'a self, other: &'a Installed) -> impl Iterator<Item = &'a Target> + 'a {
-        let mut theirs = other.0.iter().map(|(t, _, _)| t).peekable();
-        self.0.iter().map(|(t, _, _)| t).filter(move |t| {
+        let mut theirs = other.entries.iter().map(|e| &e.target).peekable();
+        self.entries.iter().map(|e| &e.target).filter(move |t| {
             while theirs.next_if(|o| o < t).is_some() {}
             theirs.peek() != Some(t)
         })
+    }
+
+    /// How many targets of each family `self` and `other` have together.
+    fn union_counts(&self, other: &Installed) -> [usize; 2] {
+        let mut counts = [0, 0];
+        for t in self.entries.iter().map(|e| &e.target).chain(other.missing_from(self)) {
+            counts[usize::from(!t.addr.is_ipv4())] += 1;
+        }
+        counts
+    }
+
+    /// The earliest expiry of a temporary rule (boot-time ns).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.entries.iter().map(|e| e.expires_ns).filter(|&e| e != 0).min()
     }
 }
 
@@ -115,19 +168,32 @@ impl<M: MapCore> RuleMaps<'_, M> {
     }
 
     /// Adds or overwrites one rule.
-    pub fn put(&self, target: &Target, action: Action, expires_ns: u64) -> Result<()> {
-        let (family, key, prefixlen) = key_of(target);
-        let value = cgdrop_rule { expires_ns, action: action_value(action), prefixlen };
-        self.map(family)
-            .update(&key, bytes(&value), MapFlags::ANY)
-            .with_context(|| format!("adding rule {action} {target} to the kernel"))
+    pub fn put(&self, e: &Entry) -> Result<()> {
+        let (family, key, prefixlen) = key_of(&e.target);
+        let value = value_of(e, prefixlen);
+        self.map(family).update(&key, bytes(&value), MapFlags::ANY).map_err(|err| {
+            if errno(&err) == Some(nix::libc::ENOSPC) {
+                anyhow::anyhow!(
+                    "adding rule {} {}: the kernel's {family} rule table is full ({} rules): delete some first",
+                    e.action,
+                    e.target,
+                    self.map(family).max_entries()
+                )
+            } else {
+                anyhow::Error::new(err).context(format!("adding rule {} {} to the kernel", e.action, e.target))
+            }
+        })
     }
 
-    /// The rule for exactly this target, if any: (action, expiry ns).
-    pub fn get(&self, target: &Target) -> Result<Option<(Action, u64)>> {
-        let (family, key, _) = key_of(target);
+    /// The rule for exactly this target (not a longer-prefix match), if any.
+    pub fn get(&self, target: &Target) -> Result<Option<Entry>> {
+        let (family, key, prefixlen) = key_of(target);
+        // An LPM lookup answers with the longest prefix that covers the key:
+        // the value's prefixlen says whether that is this very rule.
         let raw = self.map(family).lookup(&key, MapFlags::ANY).with_context(|| format!("looking up rule {target}"))?;
-        raw.map(|raw| decode_value(&raw)).transpose()
+        let Some(raw) = raw else { return Ok(None) };
+        let v = decode_value(&raw)?;
+        Ok((v.prefixlen == prefixlen).then_some(Entry { target: *target, ..v.entry }))
     }
 
     /// Every rule in the tries, sorted by target.
@@ -137,12 +203,11 @@ impl<M: MapCore> RuleMaps<'_, M> {
             let map = self.map(family);
             for key in map.keys() {
                 let Some(raw) = map.lookup(&key, MapFlags::ANY).context("reading a rule")? else { continue };
-                let (action, expires_ns) = decode_value(&raw)?;
-                out.push((decode_key(family, &key)?, action, expires_ns));
+                out.push(Entry { target: decode_key(family, &key)?, ..decode_value(&raw)?.entry });
             }
         }
-        out.sort_by_key(|(t, _, _)| *t);
-        Ok(Installed(out))
+        out.sort_by_key(|e| e.target);
+        Ok(Installed { entries: out, expiries: HashMap::new() })
     }
 
     pub fn delete(&self, target: &Target) -> Result<()> {
@@ -155,11 +220,15 @@ impl<M: MapCore> RuleMaps<'_, M> {
         }
     }
 
-    /// Writes `rules` (with expiries counted from `now_ns`) over whatever is
+    /// Writes `rules` (with expiries counted from `now_ns`, or kept from
+    /// `installed` for a temporary rule seen before) over whatever is
     /// installed, calls `switch_default` (which sets what unmatched traffic
     /// gets), then deletes what the new set does not have. At every step each
     /// packet gets the verdict of the old set or of the new one: the new
     /// rules are in before the default changes, and the old ones leave after.
+    /// All or nothing: the old and the new set must fit the tries together
+    /// (checked before anything is written), and a write that fails anyway
+    /// is undone before the error is returned.
     pub fn replace(
         &self,
         installed: &mut Installed,
@@ -167,18 +236,28 @@ impl<M: MapCore> RuleMaps<'_, M> {
         now_ns: u64,
         switch_default: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let next = Installed::from_rules(rules, now_ns);
+        let next = Installed::from_rules(rules, now_ns, &installed.expiries);
+        for (family, n) in [Family::V4, Family::V6].into_iter().zip(next.union_counts(installed)) {
+            let max = self.map(family).max_entries() as usize;
+            if n > max {
+                bail!(
+                    "{n} {family} rules during the swap (the old and the new set together): the kernel's rule table holds {max}; nothing was changed"
+                );
+            }
+        }
         let mut batches = [Batch::default(), Batch::default()];
-        for (target, action, expires_ns) in &next.0 {
-            let (family, key, prefixlen) = key_of(target);
-            let value = cgdrop_rule { expires_ns: *expires_ns, action: action_value(*action), prefixlen };
+        for e in &next.entries {
+            let (family, key, prefixlen) = key_of(&e.target);
             let batch = &mut batches[family as usize];
             batch.keys.extend_from_slice(&key);
-            batch.values.extend_from_slice(bytes(&value));
+            batch.values.extend_from_slice(bytes(&value_of(e, prefixlen)));
             batch.count += 1;
         }
-        self.put_batch(Family::V4, &batches[0])?;
-        self.put_batch(Family::V6, &batches[1])?;
+        let written = self.put_batch(Family::V4, &batches[0]).and_then(|()| self.put_batch(Family::V6, &batches[1]));
+        if let Err(e) = written {
+            self.undo(installed, &next);
+            return Err(e);
+        }
         switch_default()?;
         for target in installed.missing_from(&next) {
             self.delete(target)?;
@@ -187,18 +266,29 @@ impl<M: MapCore> RuleMaps<'_, M> {
         Ok(())
     }
 
+    /// After a failed write of `next`: deletes what it added and writes back
+    /// what it overwrote (best effort: the write's error is what is reported).
+    fn undo(&self, installed: &Installed, next: &Installed) {
+        for target in next.missing_from(installed) {
+            let _ = self.delete(target);
+        }
+        for e in &installed.entries {
+            let _ = self.put(e);
+        }
+    }
+
     /// Deletes the rules that expired by `now_ns`; returns how many.
     pub fn sweep_expired(&self, installed: &mut Installed, now_ns: u64) -> Result<usize> {
-        let before = installed.0.len();
+        let before = installed.entries.len();
         let mut result = Ok(());
-        installed.0.retain(|(t, _, exp)| {
-            let expired = *exp != 0 && *exp <= now_ns;
+        installed.entries.retain(|e| {
+            let expired = e.expires_ns != 0 && e.expires_ns <= now_ns;
             if expired && result.is_ok() {
-                result = self.delete(t);
+                result = self.delete(&e.target);
             }
             !expired
         });
-        result.map(|()| before - installed.0.len())
+        result.map(|()| before - installed.entries.len())
     }
 }
 
@@ -224,8 +314,32 @@ fn action_value(action: Action) -> cgdrop_action {
     }
 }
 
-fn decode_value(raw: &[u8]) -> Result<(Action, u64)> {
-    // SAFETY: all-zero bytes are a valid cgdrop_rule (integers, a u32 newtype).
+/// The errno under a libbpf-rs error, if it came from a syscall.
+fn errno(err: &libbpf_rs::Error) -> Option<i32> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn value_of(e: &Entry, prefixlen: u32) -> cgdrop_rule {
+    let origin = if e.live { cgdrop_rule_origin::CGDROP_RULE_LIVE } else { cgdrop_rule_origin(0) };
+    cgdrop_rule { expires_ns: e.expires_ns, action: action_value(e.action), prefixlen, origin, pad: 0 }
+}
+
+/// A decoded rule value: the entry (its target still to be filled in) and
+/// the prefixlen it was written for.
+struct Value {
+    entry: Entry,
+    prefixlen: u32,
+}
+
+fn decode_value(raw: &[u8]) -> Result<Value> {
+    // SAFETY: all-zero bytes are a valid cgdrop_rule (integers, u32 newtypes).
     let mut v: cgdrop_rule = unsafe { std::mem::zeroed() };
     plain::copy_from_bytes(&mut v, raw).map_err(|_| anyhow::anyhow!("a rule value has {} bytes", raw.len()))?;
     let action = match v.action {
@@ -233,7 +347,9 @@ fn decode_value(raw: &[u8]) -> Result<(Action, u64)> {
         cgdrop_action::CGDROP_ACTION_DENY => Action::Deny,
         other => bail!("a rule has the unknown action {}", other.0),
     };
-    Ok((action, v.expires_ns))
+    let live = v.origin.0 & cgdrop_rule_origin::CGDROP_RULE_LIVE.0 != 0;
+    let unset: Target = Target::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, 0);
+    Ok(Value { entry: Entry { target: unset, action, expires_ns: v.expires_ns, live }, prefixlen: v.prefixlen })
 }
 
 /// The target a trie key stands for (the inverse of `key_of`).
@@ -278,26 +394,57 @@ mod tests {
         Rule { action, target: t.parse().unwrap(), ttl: None }
     }
 
-    #[test]
-    fn later_rule_for_a_target_wins_and_set_is_sorted() {
-        let set = Installed::from_rules(
-            &[rule(Action::Deny, "10.0.0.0/8"), rule(Action::Allow, "1.2.3.4"), rule(Action::Allow, "10.0.0.0/8")],
-            0,
-        );
-        let targets: Vec<String> = set.0.iter().map(|(t, a, _)| format!("{a} {t}")).collect();
-        assert_eq!(targets, ["allow 1.2.3.4/32", "allow 10.0.0.0/8"]);
+    fn set(rules: &[Rule], now_ns: u64) -> Installed {
+        Installed::from_rules(rules, now_ns, &HashMap::new())
+    }
+
+    fn secs(n: u64) -> Option<Duration> {
+        Some(Duration::from_secs(n))
     }
 
     #[test]
-    fn expiry_counts_from_now() {
-        let r = Rule { ttl: Some(std::time::Duration::from_secs(2)), ..rule(Action::Deny, "::1") };
-        assert_eq!(Installed::from_rules(&[r], 1_000).0[0].2, 2_000_001_000);
-        assert_eq!(Installed::from_rules(&[rule(Action::Deny, "::1")], 1_000).0[0].2, 0, "no ttl: never");
+    fn one_entry_per_target_sorted() {
+        let s = set(
+            &[rule(Action::Deny, "10.0.0.0/8"), rule(Action::Allow, "1.2.3.4"), rule(Action::Deny, "10.0.0.0/8")],
+            0,
+        );
+        let targets: Vec<String> = s.entries.iter().map(|e| format!("{} {}", e.action, e.target)).collect();
+        assert_eq!(targets, ["allow 1.2.3.4/32", "deny 10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn duplicates_keep_the_longer_lifetime() {
+        let forever = rule(Action::Deny, "::1");
+        let brief = Rule { ttl: secs(2), ..forever.clone() };
+        for rules in [[forever.clone(), brief.clone()], [brief.clone(), forever.clone()]] {
+            assert_eq!(set(&rules, 1_000).entries[0].expires_ns, 0, "a permanent rule stays permanent");
+        }
+        let long = Rule { ttl: secs(60), ..forever.clone() };
+        assert_eq!(set(&[long, brief], 0).entries[0].expires_ns, 60_000_000_000);
+    }
+
+    #[test]
+    fn expiry_counts_from_now_and_survives_a_reload() {
+        let r = Rule { ttl: secs(2), ..rule(Action::Deny, "::1") };
+        let first = set(std::slice::from_ref(&r), 1_000);
+        assert_eq!(first.entries[0].expires_ns, 2_000_001_000);
+        assert_eq!(set(&[rule(Action::Deny, "::1")], 1_000).entries[0].expires_ns, 0, "no ttl: never");
+        // Reloaded a second later: the same expiry; after it: left out.
+        let again = Installed::from_rules(std::slice::from_ref(&r), 1_000_001_000, &first.expiries);
+        assert_eq!(again.entries[0].expires_ns, 2_000_001_000);
+        let later = Installed::from_rules(std::slice::from_ref(&r), 3_000_000_000, &again.expiries);
+        assert!(later.entries.is_empty(), "an expired rule does not come back");
+        // Another ttl is another rule: it starts now.
+        let changed = Rule { ttl: secs(5), ..r };
+        assert_eq!(
+            Installed::from_rules(&[changed], 3_000_000_000, &later.expiries).entries[0].expires_ns,
+            8_000_000_000
+        );
     }
 
     #[test]
     fn difference_of_sorted_sets() {
-        let old = Installed::from_rules(
+        let old = set(
             &[
                 rule(Action::Deny, "1.1.1.1"),
                 rule(Action::Deny, "2.2.2.2"),
@@ -306,15 +453,13 @@ mod tests {
             ],
             0,
         );
-        let new = Installed::from_rules(
-            &[rule(Action::Allow, "2.2.2.2"), rule(Action::Deny, "3.3.3.3"), rule(Action::Deny, "::1")],
-            0,
-        );
+        let new = set(&[rule(Action::Allow, "2.2.2.2"), rule(Action::Deny, "3.3.3.3"), rule(Action::Deny, "::1")], 0);
         let gone: Vec<String> = old.missing_from(&new).map(|t| t.to_string()).collect();
         assert_eq!(gone, ["1.1.1.1/32", "9.9.9.9/32"]);
         assert_eq!(new.missing_from(&new).count(), 0);
         assert_eq!(Installed::new().missing_from(&old).count(), 0);
         assert_eq!(old.missing_from(&Installed::new()).count(), 4);
+        assert_eq!(old.union_counts(&new), [4, 1]);
     }
 }
 
@@ -334,8 +479,13 @@ mod key_tests {
 
     #[test]
     fn values_decode_to_their_action() {
-        let v = cgdrop_rule { expires_ns: 42, action: action_value(Action::Deny), prefixlen: 48 };
-        assert_eq!(decode_value(bytes(&v)).unwrap(), (Action::Deny, 42));
+        let e = Entry { target: "1.2.3.4".parse().unwrap(), action: Action::Deny, expires_ns: 42, live: true };
+        let v = value_of(&e, 48);
+        let back = decode_value(bytes(&v)).unwrap();
+        assert_eq!(
+            (back.entry.action, back.entry.expires_ns, back.entry.live, back.prefixlen),
+            (Action::Deny, 42, true, 48)
+        );
         let bad = cgdrop_rule { action: cgdrop_action(7), ..v };
         assert!(decode_value(bytes(&bad)).is_err());
     }

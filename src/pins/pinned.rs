@@ -4,7 +4,10 @@
 //! there, and reading a pinned policy back: its config, flags, health.
 use std::{
     fs,
-    os::unix::fs::MetadataExt,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -17,6 +20,7 @@ use crate::{
     kernel::{
         config::{self, Config, Info},
         loader::Hook,
+        rulemaps::RuleMaps,
         skel::CgdropSkel,
     },
     pins::bpffs,
@@ -77,6 +81,8 @@ pub enum Health {
     Defunct,
     /// Some hooks of the policy have no pinned link.
     Incomplete(Vec<&'static str>),
+    /// The .bss flags hide rules that are in the tries.
+    Inconsistent(&'static str),
 }
 
 impl std::fmt::Display for Health {
@@ -85,6 +91,7 @@ impl std::fmt::Display for Health {
             Health::Ok => f.write_str("ok"),
             Health::Defunct => f.write_str("defunct (cgroup removed; `cgdrop unpin` cleans it)"),
             Health::Incomplete(missing) => write!(f, "incomplete (not attached: {})", missing.join(", ")),
+            Health::Inconsistent(why) => write!(f, "inconsistent ({why}; `cgdrop pin --replace` rewrites them)"),
         }
     }
 }
@@ -205,10 +212,49 @@ impl Pinned {
         }
         Ok(if defunct {
             Health::Defunct
-        } else if missing.is_empty() {
-            Health::Ok
-        } else {
+        } else if !missing.is_empty() {
             Health::Incomplete(missing)
+        } else if let Some(wrong) = self.flags_disagree()? {
+            Health::Inconsistent(wrong)
+        } else {
+            Health::Ok
         })
     }
+
+    /// Whether the .bss flags let the programs see every rule in the tries:
+    /// a lookup skipped for a flag that is 0 ignores rules that are there.
+    fn flags_disagree(&self) -> Result<Option<&'static str>> {
+        let b = self.bss()?;
+        let rules = RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6 }.read_all()?;
+        Ok(if b.has_rules == 0 && !rules.entries.is_empty() {
+            Some("has_rules is 0 while rules are in the tries")
+        } else if b.has_port_rules == 0 && rules.entries.iter().any(|e| e.target.port != 0) {
+            Some("has_port_rules is 0 while port rules are in the tries")
+        } else {
+            None
+        })
+    }
+
+    /// Serialises changes to this policy (`rule add|del`, `pin --replace`,
+    /// `unpin`): `flock` on its directory, released when the guard drops.
+    pub fn lock(&self) -> Result<OwnedFd> {
+        lock_dir(&self.dir)
+    }
+}
+
+/// An exclusive `flock` on a directory opened without following a symlink;
+/// waits for the holder.
+pub fn lock_dir(dir: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dir)
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let fd = OwnedFd::from(f);
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
+    }
+    Ok(fd)
 }
