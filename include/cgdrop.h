@@ -131,8 +131,10 @@ struct cgdrop_rule {
  */
 struct cgdrop_info {
 	__u64 cgroup_id;
-	/* CLOCK_REALTIME seconds when the policy was pinned. */
+	/* CLOCK_REALTIME seconds when the policy was pinned (shown as a date). */
 	__u64 pinned_at;
+	/* CLOCK_BOOTTIME ns when it was pinned (its age, whatever the wall clock does). */
+	__u64 pinned_boot_ns;
 	/* CGDROP_LAYOUT_VERSION of the cgdrop that pinned it. */
 	enum cgdrop_layout layout;
 	/* CGDROP_STAT_SLOTS and CGDROP_MAX_RULES of that cgdrop (checked with the layout). */

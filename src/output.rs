@@ -3,11 +3,7 @@
 //! place on a terminal, and the summary a session ends with. Output never
 //! kills cgdrop: the macros below ignore write errors (a closed pipe, a
 //! descriptor someone made non-blocking) where `println!` would panic.
-use std::{
-    fmt::Write as _,
-    io::Write as _,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt::Write as _, io::Write as _, time::Instant};
 
 use crate::{
     kernel::{config::Config, stats::Stats},
@@ -69,7 +65,13 @@ pub fn describe(policy: &Policy) -> String {
     let dirs = directions(policy.ingress, policy.egress);
     let iface = policy.iface.as_ref().map_or("every interface".to_string(), |(n, _)| format!("interface {n}"));
     let port = policy.port.map_or("every port".to_string(), |p| format!("port {p}"));
-    let count = |a| policy.rules.iter().filter(|r| r.action == a).count();
+    // Targets, not lines: a target given twice is one rule.
+    let count = |a| {
+        let mut targets: Vec<_> = policy.rules.iter().filter(|r| r.action == a).map(|r| r.target).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets.len()
+    };
     let (allow, deny) = (count(Action::Allow), count(Action::Deny));
     let rules = match (allow, deny) {
         (0, 0) => String::new(),
@@ -129,14 +131,27 @@ pub fn format_secs(secs: u64) -> String {
     }
 }
 
-/// "3m0s ago" for a CLOCK_REALTIME second.
-pub fn age(at_secs: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{} ago", format_secs(now.saturating_sub(at_secs)))
+/// "3m0s ago".
+pub fn age(secs: u64) -> String {
+    format!("{} ago", format_secs(secs))
 }
 
-/// The multi-line counter table.
-pub fn table(s: &Stats) -> String {
+/// What the banner says happens to connect() and sendto().
+pub fn calls_note(policy: &Policy) -> &'static str {
+    if !policy.rejects_calls() {
+        ""
+    } else if policy.dry_run {
+        ", connect() and sendto() that would be rejected are counted"
+    } else if policy.egress {
+        ", connect() and sendto() rejected with EPERM"
+    } else {
+        // Ingress only: a TCP handshake cannot complete, a UDP send can.
+        ", TCP connect() rejected with EPERM"
+    }
+}
+
+/// The multi-line counter table (`dry_run`: nothing was really rejected).
+pub fn table(s: &Stats, dry_run: bool) -> String {
     let mut out = format!("{:<9} {:>12} {:>14} {:>12} {:>14}\n", "", "packets", "bytes", "dropped", "dropped bytes");
     for (name, t) in [("ingress", &s.ingress), ("egress", &s.egress)] {
         let _ = writeln!(
@@ -146,7 +161,8 @@ pub fn table(s: &Stats) -> String {
         );
     }
     for (name, c) in [("connect", &s.connect), ("sendmsg", &s.sendmsg)] {
-        let _ = writeln!(out, "{name:<9} {:>12} attempts, {} rejected with EPERM", c.attempts, c.rejected);
+        let verdict = if dry_run { "would be rejected" } else { "rejected with EPERM" };
+        let _ = writeln!(out, "{name:<9} {:>12} attempts, {} {verdict}", c.attempts, c.rejected);
     }
     out
 }

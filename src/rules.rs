@@ -247,9 +247,13 @@ pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>> {
 }
 
 /// Refuses more rules of one family than the tries hold.
+/// A target given twice is one rule in the kernel, and counts once.
 pub fn check_capacity(rules: &[Rule]) -> Result<()> {
-    let v4 = rules.iter().filter(|r| r.target.addr.is_ipv4()).count();
-    for (family, n) in [("IPv4", v4), ("IPv6", rules.len() - v4)] {
+    let mut targets: Vec<&Target> = rules.iter().map(|r| &r.target).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let v4 = targets.iter().filter(|t| t.addr.is_ipv4()).count();
+    for (family, n) in [("IPv4", v4), ("IPv6", targets.len() - v4)] {
         if n > MAX_RULES_PER_FAMILY {
             bail!(
                 "{n} {family} rules: the kernel's rule table holds at most {MAX_RULES_PER_FAMILY} per address family"

@@ -105,7 +105,7 @@ pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interv
         cgroup.path.display(),
         cgroup.id,
         output::describe(&policy),
-        if policy.rejects_calls() { ", connect() and sendto() rejected with EPERM" } else { "" },
+        output::calls_note(&policy),
         if cmd.is_some() { "running the command" } else { "Ctrl-C to detach" }
     );
 

@@ -37,7 +37,7 @@ fn kernel_too_old() {
         .args(["x86_64", "--uname-2.6", CGDROP, "--cgroup", cg.path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_error(&out, &["is too old", "needs Linux 5.7 or later"]);
+    assert_error(&out, &["is too old", "needs Linux 5.8 or later"]);
     assert_detached(&cg.path);
 }
 

@@ -208,7 +208,10 @@ fn expired_rules_are_deleted_when_touched() {
     // The kernel ignores it at once; the next command deletes it.
     assert_eq!(connect(&cg, "127.0.0.1", &port), "ok");
     let list: Vec<Value> = serde_json::from_str(&ok(&["rule", "list", "--cgroup", path, "--json"])).unwrap();
-    assert_eq!(list, vec![json!({"action": "deny", "rule": "192.0.2.1/32", "expires_in_secs": null})]);
+    assert_eq!(
+        list,
+        vec![json!({"action": "deny", "rule": "192.0.2.1/32", "expires_in_secs": null, "added_live": false})]
+    );
 }
 
 #[test]

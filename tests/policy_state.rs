@@ -330,3 +330,70 @@ fn stats_watch_follows_a_replacement() {
     let _ = watch.wait();
     assert!(found, "stats --watch never showed the replacement's counters: {seen:?}");
 }
+
+/// Runs `script` in a private mount namespace with a bpffs of its own.
+fn with_own_bpffs(script: &str) -> Output {
+    let script = format!("while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done; {script}");
+    Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn bpffs_is_mounted_private_and_a_foreign_cgdrop_directory_is_refused() {
+    let _serial = serial();
+    let cg = TestCgroup::new("bpffs-owner");
+    let p = cg.path.display();
+    // cgdrop mounts bpffs itself: mode 0700, not the kernel's 1777.
+    let out = with_own_bpffs(&format!(
+        "{CGDROP} pin --cgroup {p} >/dev/null 2>&1; stat -c %a /sys/fs/bpf; {CGDROP} unpin --cgroup {p} 2>/dev/null"
+    ));
+    // The kernel always adds the sticky bit to bpffs' root: 1700.
+    let mode = u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap_or(0o7777);
+    assert_eq!(mode & 0o777, 0o700, "mode {mode:o}: {}", stderr_of(&out));
+    // A /sys/fs/bpf/cgdrop that an unprivileged user made is not used.
+    let out = with_own_bpffs(&format!(
+        "mount -t bpf -o mode=1777 bpf /sys/fs/bpf && mkdir /sys/fs/bpf/cgdrop && chown 65534 /sys/fs/bpf/cgdrop && {CGDROP} pin --cgroup {p}"
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("owned by uid 65534"), "{}", stderr_of(&out));
+    common::assert_detached(&cg.path);
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn recovery_decides_by_lock_and_touches_only_roots_directories() {
+    let _serial = serial();
+    // A working directory of a live pid (1) that no cgdrop holds is
+    // abandoned; one that is not root's is left alone, whatever its name.
+    let out = with_own_bpffs(&format!(
+        "mount -t bpf -o mode=0700 bpf /sys/fs/bpf && mkdir -m 0700 /sys/fs/bpf/cgdrop \
+         && mkdir /sys/fs/bpf/cgdrop/new-1-1 /sys/fs/bpf/cgdrop/new-2-999999 \
+         && chown 65534 /sys/fs/bpf/cgdrop/new-2-999999 \
+         && {CGDROP} status >/dev/null && ls /sys/fs/bpf/cgdrop"
+    ));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "new-2-999999");
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn messages_say_what_happens() {
+    let _serial = serial();
+    let cg = TestCgroup::new("messages");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--cgroup", cg.path.to_str().unwrap(), "--run", "python3 -c 'print()'"];
+        all.extend_from_slice(args);
+        let out = cgdrop(&all);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        stderr_of(&out)
+    };
+    // A dry run rejects nothing; an ingress-only policy lets UDP sends go.
+    let dry = run(&["--dry-run"]);
+    assert!(dry.contains("would be rejected are counted") && !dry.contains("rejected with EPERM"), "{dry}");
+    assert!(dry.contains("would be rejected"), "{dry}");
+    let ingress = run(&["--ingress"]);
+    assert!(ingress.contains("TCP connect() rejected with EPERM"), "{ingress}");
+    // One target given twice is one rule.
+    let twice = run(&["--block", "10.0.0.0/8", "--block", "10.0.0.0/8"]);
+    assert!(twice.contains("1 denied target(s)"), "{twice}");
+}

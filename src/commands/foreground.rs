@@ -85,7 +85,11 @@ fn print_summary(outcome: &Outcome, cgroup: &Cgroup, json: bool) -> Result<()> {
             stats::Summary { cgroup: &cgroup.path.to_string_lossy(), cgroup_id: cgroup.id, stats: outcome.stats };
         crate::outln!("{}", serde_json::to_string(&summary)?);
     } else {
-        crate::say_raw!("cgdrop: detached from {}\n{}", cgroup.path.display(), output::table(&outcome.stats));
+        crate::say_raw!(
+            "cgdrop: detached from {}\n{}",
+            cgroup.path.display(),
+            output::table(&outcome.stats, outcome.policy.dry_run)
+        );
     }
     Ok(())
 }

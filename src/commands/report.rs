@@ -53,7 +53,10 @@ struct StatusJson {
     policy: PolicyJson,
     health: String,
     pin_dir: String,
+    /// CLOCK_REALTIME seconds when it was pinned.
     pinned_at: u64,
+    /// How long ago, by the boot-time clock (wall-clock changes do not count).
+    pinned_for_secs: u64,
 }
 
 /// `cgdrop status [--json]`.
@@ -86,6 +89,7 @@ pub fn status(json: bool) -> Result<()> {
                 health: p.health()?.to_string(),
                 pin_dir: p.dir.to_string_lossy().into_owned(),
                 pinned_at: p.pinned_at,
+                pinned_for_secs: p.pinned_for_secs()?,
             },
         ));
     }
@@ -100,8 +104,8 @@ pub fn status(json: bool) -> Result<()> {
     for (desc, s) in &out {
         crate::outln!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
         crate::outln!("  policy: {desc}");
-        crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_at));
-        for line in output::table(&s.stats).lines() {
+        crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_for_secs));
+        for line in output::table(&s.stats, s.policy.dry_run).lines() {
             crate::outln!("  {line}");
         }
     }
@@ -137,7 +141,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     } else {
         for (p, s) in &rows {
             crate::outln!("{} (id {})", p.cgroup_path, p.id);
-            crate::out_raw!("{}", output::table(s));
+            crate::out_raw!("{}", output::table(s, p.config()?.dry_run));
         }
     }
     Ok(())
@@ -235,7 +239,7 @@ fn watch(cgroup: Option<&Path>, interval: Duration) -> Result<()> {
                     let s = stats::read(&p.stats)?;
                     let now = Instant::now();
                     let _ = writeln!(screen, "{} (id {})", p.cgroup_path, p.id);
-                    screen += &output::table(&s);
+                    screen += &output::table(&s, p.config()?.dry_run);
                     let key = (p.dir.clone(), p.pinned_at);
                     if let Some((before, at)) = previous.get(&key) {
                         screen += &output::watch_rates(&Rates::between((before, *at), (&s, now)));

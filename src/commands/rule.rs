@@ -122,13 +122,13 @@ fn del(cgroup: &Path, words: &[String]) -> Result<()> {
             Ok(())
         }
         Some(existing) => bail!(
-            "no such rule: {asked}{target} on {} (the rule for {target} is {}: `cgdrop rule del {} {target}`)",
+            "no such rule: {} has no rule {asked}{target} (the rule for {target} is {}: `cgdrop rule del {} {target}`)",
             p.cgroup_path,
             existing.action,
             existing.action
         ),
         None => bail!(
-            "no such rule: {asked}{target} on {} (`cgdrop rule list --cgroup {}` lists them)",
+            "no such rule: {} has no rule for {asked}{target} (`cgdrop rule list --cgroup {}` lists them)",
             p.cgroup_path,
             cgroup.display()
         ),

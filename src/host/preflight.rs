@@ -1,5 +1,5 @@
 //! Checks up front what cgdrop needs from the host — capabilities, a kernel
-//! with cgroup bpf_link (≥ 5.7) and BTF — so that a user gets one clear
+//! with cgroup bpf_link (5.7), bpf_ktime_get_boot_ns (5.8) and BTF — so that a user gets one clear
 //! message instead of a kernel error halfway in.
 use std::fs;
 
@@ -31,7 +31,7 @@ pub fn missing(caps: u64) -> Vec<&'static str> {
 }
 
 /// The oldest kernel with bpf_link for cgroup programs.
-const MIN_KERNEL: (u32, u32) = (5, 7);
+const MIN_KERNEL: (u32, u32) = (5, 8);
 /// Where the kernel exposes its BTF, which CO-RE relocation needs.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -47,7 +47,7 @@ pub fn check_kernel(release: &str) -> Result<()> {
         kernel_version(release).with_context(|| format!("cannot read the kernel version '{release}'"))?;
     if (major, minor) < MIN_KERNEL {
         bail!(
-            "Linux {release} is too old: cgdrop needs Linux {}.{} or later (bpf_link for cgroup programs)",
+            "Linux {release} is too old: cgdrop needs Linux {}.{} or later (bpf_link for cgroup programs, bpf_ktime_get_boot_ns for rule expiry)",
             MIN_KERNEL.0,
             MIN_KERNEL.1
         );
@@ -106,10 +106,11 @@ mod tests {
         assert_eq!(kernel_version("5.7.0"), Some((5, 7)));
         assert_eq!(kernel_version("2.6.78-fc-v595"), Some((2, 6)));
         assert_eq!(kernel_version("garbage"), None);
-        assert!(check_kernel("5.7.0").is_ok());
+        assert!(check_kernel("5.8.0").is_ok());
+        assert!(check_kernel("5.7.19").is_err(), "bpf_ktime_get_boot_ns came in 5.8");
         assert!(check_kernel("6.18.44-fc-v595").is_ok());
         let err = check_kernel("5.4.0-100-generic").unwrap_err();
-        assert!(err.to_string().contains("Linux 5.4.0-100-generic is too old: cgdrop needs Linux 5.7"), "{err}");
+        assert!(err.to_string().contains("Linux 5.4.0-100-generic is too old: cgdrop needs Linux 5.8"), "{err}");
     }
 
     #[test]

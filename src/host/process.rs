@@ -115,7 +115,10 @@ struct Prepared {
     ids: Option<(u32, u32, Vec<nix::libc::gid_t>)>,
     /// The stdio descriptors to give the command (own open file descriptions).
     stdio: [Option<OwnedFd>; 3],
+    /// Sorted.
     keep_fds: Vec<i32>,
+    /// The highest descriptor number there can be (for the close_range fallback).
+    max_fd: u32,
     sandbox: bool,
 }
 
@@ -204,13 +207,20 @@ fn prepare(cmd: &Cmd<'_>) -> Result<Prepared> {
             (env, Some((u.uid.as_raw(), u.gid.as_raw(), groups.iter().map(|g| g.as_raw()).collect())))
         }
     };
+    let mut keep_fds = keep_fds.to_vec();
+    keep_fds.sort_unstable();
+    let mut limit = nix::libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+    // SAFETY: getrlimit writes into the local struct.
+    unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) };
+    let max_fd = limit.rlim_cur.min(1 << 20) as u32;
     Ok(Prepared {
         program,
         argv,
         envp,
         ids,
         stdio: [own_description(0), own_description(1), own_description(2)],
-        keep_fds: keep_fds.to_vec(),
+        keep_fds,
+        max_fd,
         sandbox: user.is_some(),
     })
 }
@@ -260,6 +270,25 @@ fn find_program(name: &std::ffi::OsStr, sandbox: bool) -> Result<std::path::Path
     bail!("command not found: {}: give a path or a program on {on}", Path::new(name).display())
 }
 
+/// Marks descriptors `from..=to` close-on-exec: close_range(2) with
+/// CLOSE_RANGE_CLOEXEC (Linux 5.11), else one fcntl per descriptor up to
+/// `max_fd` (the open-files limit, read before the clone).
+///
+/// # Safety
+/// Raw syscalls only; safe between clone and exec.
+unsafe fn cloexec_range(from: u32, to: u32, max_fd: u32) {
+    use nix::libc;
+    if libc::syscall(libc::SYS_close_range, from, to, libc::CLOSE_RANGE_CLOEXEC) == 0 {
+        return;
+    }
+    for fd in from..=to.min(max_fd) {
+        let flags = libc::fcntl(fd as i32, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd as i32, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// The child between clone3 and exec. Only raw syscalls; on failure the
 /// errno goes to `err_fd` and the child exits 127.
 ///
@@ -292,13 +321,12 @@ unsafe fn child_exec(
     }
     // Descriptors above stderr are closed at exec, but those kept on request;
     // close-on-exec rather than closed, so that err_fd works until exec.
+    // `keep_fds` is sorted; sorting here would allocate.
     let mut from: u32 = 3;
-    let mut keep = p.keep_fds.clone();
-    keep.sort_unstable();
-    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+    for &fd in p.keep_fds.iter().filter(|&&fd| fd >= 3) {
         let fd = fd as u32;
         if fd > from {
-            libc::syscall(libc::SYS_close_range, from, fd - 1, libc::CLOSE_RANGE_CLOEXEC);
+            cloexec_range(from, fd - 1, p.max_fd);
         }
         let flags = libc::fcntl(fd as i32, libc::F_GETFD);
         if flags >= 0 {
@@ -306,9 +334,7 @@ unsafe fn child_exec(
         }
         from = fd + 1;
     }
-    if libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
-        fail(errno());
-    }
+    cloexec_range(from, u32::MAX, p.max_fd);
     if let Some((uid, gid, groups)) = &p.ids {
         // Capabilities can no longer be regained (setuid binaries included).
         for cap in 0..=CAP_LAST {

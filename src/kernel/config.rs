@@ -114,6 +114,8 @@ pub struct Info {
     pub cgroup_path: String,
     /// CLOCK_REALTIME seconds.
     pub pinned_at: u64,
+    /// CLOCK_BOOTTIME ns.
+    pub pinned_boot_ns: u64,
 }
 
 impl Info {
@@ -123,6 +125,7 @@ impl Info {
         let mut info = cgdrop_info {
             cgroup_id: self.cgroup_id,
             pinned_at: self.pinned_at,
+            pinned_boot_ns: self.pinned_boot_ns,
             layout: cgdrop_layout::CGDROP_LAYOUT_VERSION,
             stat_slots: cgdrop_stat_slot::CGDROP_STAT_SLOTS,
             max_rules: cgdrop_limits::CGDROP_MAX_RULES,
@@ -164,6 +167,7 @@ impl Info {
             cgroup_id: info.cgroup_id,
             cgroup_path: String::from_utf8_lossy(&path).into_owned(),
             pinned_at: info.pinned_at,
+            pinned_boot_ns: info.pinned_boot_ns,
         })
     }
 }
@@ -195,7 +199,7 @@ mod tests {
 
     #[test]
     fn info_round_trips_and_other_layouts_are_refused() {
-        let info = Info { cgroup_id: 42, cgroup_path: "/sys/fs/cgroup/a".into(), pinned_at: 7 };
+        let info = Info { cgroup_id: 42, cgroup_path: "/sys/fs/cgroup/a".into(), pinned_at: 7, pinned_boot_ns: 9 };
         let encoded = info.encode().unwrap();
         assert_eq!(Info::decode(info_bytes(&encoded)).unwrap(), info);
         let mut old = encoded;

@@ -1,13 +1,17 @@
-//! bpffs and cgdrop's directory in it: mounts bpffs when it is missing,
-//! checks and creates `/sys/fs/bpf/cgdrop`, and recovers what a killed cgdrop
-//! left half done there (working directories `new-…`/`old-…`). Also the
+//! bpffs and cgdrop's directory in it: mounts bpffs (mode 0700) when it is
+//! missing, accepts `/sys/fs/bpf/cgdrop` only as a root-owned directory no
+//! one else can write, and recovers what a killed cgdrop left half done there
+//! (working directories `new-…`/`old-…`, abandoned when their lock is free). Also the
 //! helpers to build a directory of pins that is complete or absent.
 use std::{
     ffi::CString,
     fs,
     os::{
-        fd::{AsFd, AsRawFd},
-        unix::{ffi::OsStrExt, fs::DirBuilderExt, fs::PermissionsExt},
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::{
+            ffi::OsStrExt,
+            fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        },
     },
     path::{Path, PathBuf},
 };
@@ -27,15 +31,55 @@ pub fn cgdrop_root() -> PathBuf {
     Path::new(BPFFS).join("cgdrop")
 }
 
-/// Refuses a cgdrop bpffs directory that is a symbolic link: cgdrop changes
-/// permissions and removes entries there, and must never do so elsewhere.
-pub fn check_not_symlink(root: &Path) -> Result<()> {
+/// Accepts cgdrop's bpffs directory only as a root-owned directory that
+/// neither group nor others can write, checked on a descriptor opened
+/// without following a symlink: cgdrop removes entries there, and must never
+/// act on what an unprivileged user put in place. Returns that descriptor.
+pub fn check_root_dir(root: &Path) -> Result<Option<OwnedFd>> {
     match fs::symlink_metadata(root) {
         Ok(m) if m.file_type().is_symlink() => {
             bail!("{} is a symbolic link: refusing to follow it out of bpffs; remove it", root.display())
         }
-        _ => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        _ => {}
     }
+    let fd = open_dir_nofollow(root)?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).with_context(|| format!("inspecting {}", root.display()))?;
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        bail!(
+            "{} is owned by uid {} with mode {:o}: cgdrop only uses it when root owns it and nobody else can write to it; remove it (rm -r {}) and let cgdrop recreate it",
+            root.display(),
+            st.st_uid,
+            st.st_mode & 0o7777,
+            root.display()
+        );
+    }
+    Ok(Some(fd))
+}
+
+/// Opens a directory without following a symlink in its last component.
+pub fn open_dir_nofollow(path: &Path) -> Result<OwnedFd> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// The lock a live cgdrop holds on a working or policy directory; `None`
+/// when another process holds it.
+pub fn try_lock(path: &Path) -> Result<Option<OwnedFd>> {
+    let fd = open_dir_nofollow(path)?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) } == 0 {
+        return Ok(Some(fd));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(nix::libc::EWOULDBLOCK) {
+        return Ok(None);
+    }
+    Err(err).with_context(|| format!("locking {}", path.display()))
 }
 
 /// Where `pin --programs` puts bare programs.
@@ -48,23 +92,32 @@ pub fn programs_dir() -> PathBuf {
 pub fn prepare_root() -> Result<PathBuf> {
     let fs = statfs(BPFFS).with_context(|| format!("cannot inspect {BPFFS}"))?;
     if fs.filesystem_type().0 != BPF_FS_MAGIC {
+        // mode=0700: the kernel's default (1777) lets every user create and
+        // rename entries next to cgdrop's directory.
         mount(
             Some("bpf"),
             BPFFS,
             Some("bpf"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
+            Some("mode=0700"),
         )
-        .with_context(|| format!("mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"))?;
+        .with_context(|| format!("mounting bpffs at {BPFFS} (mount -t bpf -o mode=0700 bpf {BPFFS})"))?;
         crate::say!("cgdrop: mounted bpffs at {BPFFS} (it was not mounted)");
+    } else if fs::metadata(BPFFS).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+        crate::say!(
+            "cgdrop: warning: bpffs at {BPFFS} is writable by every user; cgdrop's own directory is protected, but consider `mount -o remount,mode=0700 {BPFFS}`"
+        );
     }
     let root = cgdrop_root();
-    check_not_symlink(&root)?;
-    if !root.exists() {
-        fs::DirBuilder::new().mode(0o700).create(&root).with_context(|| format!("creating {}", root.display()))?;
+    if check_root_dir(&root)?.is_none() {
+        match fs::DirBuilder::new().mode(0o700).create(&root) {
+            Ok(()) => {}
+            // Made meanwhile (by another cgdrop, or someone else: checked below).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+        }
+        check_root_dir(&root)?;
     }
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {} to root", root.display()))?;
     recover(&root)?;
     Ok(root)
 }
@@ -88,8 +141,9 @@ fn working_dir(name: &str) -> Option<(&str, Option<u64>, i32)> {
 /// twin shows that a --replace was between its two renames, which is then
 /// completed; an `old-…` directory left after a finished swap is removed.
 pub fn recover(root: &Path) -> Result<()> {
-    check_not_symlink(root)?;
-    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    if check_root_dir(root)?.is_none() {
+        return Ok(());
+    }
     let Ok(entries) = fs::read_dir(root) else { return Ok(()) };
     let mut names: Vec<String> =
         entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
@@ -98,9 +152,13 @@ pub fn recover(root: &Path) -> Result<()> {
     for name in &names {
         let Some((kind, id, pid)) = working_dir(name) else { continue };
         let path = root.join(name);
-        if alive(pid) || !path.exists() {
+        // Only root's own directories: anything else is not cgdrop's to touch.
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if !meta.is_dir() || meta.uid() != 0 {
             continue;
         }
+        // The cgdrop that made it holds its lock while it works on it.
+        let Some(_lock) = try_lock(&path)? else { continue };
         let dir = id.map(|id| root.join(id.to_string()));
         let twin = id.map(|id| root.join(format!("old-{id}-{pid}")));
         match (kind, dir) {
@@ -121,16 +179,19 @@ pub fn recover(root: &Path) -> Result<()> {
 }
 
 /// A directory being filled; removed (with its pins) on drop unless kept.
+/// Locked while this process works on it, so that recovery leaves it alone.
 pub struct TempDir {
     pub path: PathBuf,
     /// Set once the directory is renamed into place.
     pub keep: bool,
+    _lock: OwnedFd,
 }
 
 impl TempDir {
     pub fn create(path: PathBuf) -> Result<Self> {
         fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path, keep: false })
+        let lock = try_lock(&path)?.with_context(|| format!("{} is locked by another process", path.display()))?;
+        Ok(Self { path, keep: false, _lock: lock })
     }
 }
 

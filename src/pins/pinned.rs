@@ -20,7 +20,7 @@ use crate::{
     kernel::{
         config::{self, Config, Info},
         loader::Hook,
-        rulemaps::RuleMaps,
+        rulemaps::{self, RuleMaps},
         skel::CgdropSkel,
     },
     pins::bpffs,
@@ -50,7 +50,12 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
 /// Records the cgroup (and this cgdrop's layout) in the `info` map.
 pub fn write_info(skel: &CgdropSkel<'_>, cgroup: &Cgroup) -> Result<()> {
     let pinned_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let info = Info { cgroup_id: cgroup.id, cgroup_path: cgroup.path.to_string_lossy().into_owned(), pinned_at };
+    let info = Info {
+        cgroup_id: cgroup.id,
+        cgroup_path: cgroup.path.to_string_lossy().into_owned(),
+        pinned_at,
+        pinned_boot_ns: rulemaps::boot_time_ns()?,
+    };
     let encoded = info.encode()?;
     skel.maps
         .info
@@ -65,6 +70,7 @@ pub struct Pinned {
     /// The cgroup path recorded at pin time.
     pub cgroup_path: String,
     pub pinned_at: u64,
+    pinned_boot_ns: u64,
     pub stats: MapHandle,
     pub rules_v4: MapHandle,
     pub rules_v6: MapHandle,
@@ -119,6 +125,7 @@ impl Pinned {
             id,
             cgroup_path: info.cgroup_path,
             pinned_at: info.pinned_at,
+            pinned_boot_ns: info.pinned_boot_ns,
             stats: open_map(dir, "stats")?,
             rules_v4: open_map(dir, "rules_v4")?,
             rules_v6: open_map(dir, "rules_v6")?,
@@ -154,6 +161,11 @@ impl Pinned {
             return Ok(p);
         }
         bail!("no cgdrop policy is pinned on cgroup {} (`cgdrop status` lists them)", path.display())
+    }
+
+    /// How long ago it was pinned, by the boot-time clock.
+    pub fn pinned_for_secs(&self) -> Result<u64> {
+        Ok(rulemaps::boot_time_ns()?.saturating_sub(self.pinned_boot_ns) / 1_000_000_000)
     }
 
     /// The configuration the policy was loaded with (its rodata).
@@ -245,13 +257,7 @@ impl Pinned {
 /// An exclusive `flock` on a directory opened without following a symlink;
 /// waits for the holder.
 pub fn lock_dir(dir: &Path) -> Result<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(dir)
-        .with_context(|| format!("opening {}", dir.display()))?;
-    let fd = OwnedFd::from(f);
+    let fd = bpffs::open_dir_nofollow(dir)?;
     // SAFETY: flock on a descriptor we own; no memory is passed.
     if unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
