@@ -43,7 +43,7 @@ fuzz: deps
 install: build
 	install -D -m 0755 $(BIN) $(BINDIR)/cgdrop
 	install -d $(MANDIR) $(BASHDIR) $(ZSHDIR) $(FISHDIR) $(UNITDIR)
-	$(BIN) manpage > $(MANDIR)/cgdrop.1
+	$(BIN) manpage --dir $(MANDIR)
 	$(BIN) completions bash > $(BASHDIR)/cgdrop
 	$(BIN) completions zsh > $(ZSHDIR)/_cgdrop
 	$(BIN) completions fish > $(FISHDIR)/cgdrop.fish
@@ -57,7 +57,7 @@ endif
 # Unpins everything cgdrop pinned, then removes what install put in place.
 uninstall:
 	-test ! -x $(BINDIR)/cgdrop || $(BINDIR)/cgdrop unpin --all
-	rm -f $(BINDIR)/cgdrop $(MANDIR)/cgdrop.1 $(BASHDIR)/cgdrop $(ZSHDIR)/_cgdrop $(FISHDIR)/cgdrop.fish $(UNITDIR)/cgdrop@.service
+	rm -f $(BINDIR)/cgdrop $(MANDIR)/cgdrop.1 $(MANDIR)/cgdrop-*.1 $(BASHDIR)/cgdrop $(ZSHDIR)/_cgdrop $(FISHDIR)/cgdrop.fish $(UNITDIR)/cgdrop@.service
 
 # Benchmarks against baselines in the same run (root); writes bench/RESULTS.md.
 bench: deps

@@ -27,6 +27,15 @@
 #define NEXTHDR_ROUTING 43
 #define NEXTHDR_FRAGMENT 44
 #define NEXTHDR_DEST 60
+#define NEXTHDR_AUTH 51
+/* Routing header types that name further destinations: 0 (deprecated), 2 (mobile IPv6), 4 (segment routing). */
+#define IPV6_SRCRT_TYPE_0 0
+#define IPV6_SRCRT_TYPE_2 2
+#define IPV6_SRCRT_TYPE_4 4
+/* Transport protocols whose header starts with the source and destination ports. */
+#define PROTO_DCCP 33
+#define PROTO_SCTP 132
+#define PROTO_UDPLITE 136
 /* Extension headers walked at most; a packet with more has no ports for us. */
 #define MAX_IPV6_EXT 4
 /* Expired rules looked past per lookup before giving up (userspace deletes them). */
@@ -84,10 +93,16 @@ struct {
 struct pkt_info {
 	/* The remote address (egress: destination; ingress: source); IPv4 uses 4 bytes. */
 	__u8 addr[16];
+	/* The final destination of an IPv6 routing header (4-byte aligned: read as words). */
+	__u8 final_addr[16];
 	__u16 sport;
 	__u16 dport;
 	/* 4, 6, or 0 when the IP header could not be read. */
 	__u8 family;
+	/* Egress IPv6 with a routing header: the final destination is judged too. */
+	__u8 has_final;
+	/* The header chain could not be walked to its end: the verdict cannot be decided. */
+	__u8 undecided;
 	__u8 has_ports;
 };
 
@@ -237,6 +252,12 @@ static __always_inline void read_ports(struct __sk_buff *skb, __u32 off, struct 
 	pkt->has_ports = 1;
 }
 
+static __always_inline bool proto_has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == PROTO_UDPLITE || proto == PROTO_SCTP ||
+	       proto == PROTO_DCCP;
+}
+
 static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *pkt, bool egress)
 {
 	struct iphdr copy;
@@ -250,12 +271,56 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *p
 		__builtin_memcpy(pkt->addr, egress ? &ip->daddr : &ip->saddr, 4);
 	if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
 		return;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+	if (!proto_has_ports(ip->protocol))
 		return;
 	ihl = ip->ihl;
 	if (ihl < 5)
 		return;
 	read_ports(skb, ihl * 4, pkt);
+}
+
+/*
+ * A routing header with segments left sends the packet on to further
+ * destinations: the last one is where it ends up, and is judged as well as
+ * the first (in the IPv6 header). Returns nonzero when it cannot be read.
+ */
+static __always_inline int read_final(struct __sk_buff *skb, __u32 off, struct pkt_info *pkt)
+{
+	struct {
+		__u8 nexthdr;
+		__u8 hdrlen;
+		__u8 type;
+		__u8 segments_left;
+	} rt;
+	__u32 at;
+
+	if (bpf_skb_load_bytes(skb, off, &rt, sizeof(rt)))
+		return -1;
+	if (!rt.segments_left)
+		return 0;
+	switch (rt.type) {
+	case IPV6_SRCRT_TYPE_4:
+		/* Segment routing: segments[0], right after the 8-byte header, is the last segment. */
+		at = off + 8;
+		break;
+	case IPV6_SRCRT_TYPE_2:
+		/* Mobile IPv6: one address, the home address. */
+		at = off + 8;
+		break;
+	case IPV6_SRCRT_TYPE_0:
+		/* hdrlen / 2 addresses after the 8-byte header; the last is the final destination. */
+		if (rt.hdrlen < 2)
+			return -1;
+		at = off + 8 + (rt.hdrlen / 2 - 1) * 16;
+		break;
+	default:
+		/* An unknown type with segments left: the destination is unknown. */
+		return -1;
+	}
+	if (bpf_skb_load_bytes(skb, at, pkt->final_addr, 16))
+		return -1;
+	pkt->has_final = 1;
+	return 0;
 }
 
 static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *pkt, bool egress)
@@ -277,33 +342,45 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *p
 		struct ipv6_opt_hdr ext;
 
 		if (next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_FRAGMENT &&
-		    next != NEXTHDR_DEST)
+		    next != NEXTHDR_DEST && next != NEXTHDR_AUTH)
 			break;
 		if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)))
-			return;
+			goto undecided;
 		if (next == NEXTHDR_FRAGMENT) {
 			struct frag_hdr frag;
 
 			if (bpf_skb_load_bytes(skb, off, &frag, sizeof(frag)))
-				return;
+				goto undecided;
 			/* Only the first fragment carries the L4 header. */
 			if (frag.frag_off & bpf_htons(0xfff8))
 				return;
 			off += sizeof(frag);
+		} else if (next == NEXTHDR_AUTH) {
+			off += (ext.hdrlen + 2) * 4;
 		} else {
+			if (next == NEXTHDR_ROUTING && egress && read_final(skb, off, pkt))
+				goto undecided;
 			off += (ext.hdrlen + 1) * 8;
 		}
 		next = ext.nexthdr;
 	}
-	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
+	/* More extension headers than are walked: where it goes or which port it has is unknown. */
+	if (next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_FRAGMENT || next == NEXTHDR_DEST ||
+	    next == NEXTHDR_AUTH)
+		goto undecided;
+	if (!proto_has_ports(next))
 		return;
 	read_ports(skb, off, pkt);
+	return;
+undecided:
+	pkt->undecided = 1;
 }
 
 /* Would the policy drop this packet (steps 2 to 5 of the verdict order)? */
 static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 {
 	struct pkt_info pkt = {};
+	__u16 port;
 
 	if (cfg.ifindex && skb->ifindex != cfg.ifindex)
 		return false;
@@ -315,12 +392,16 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 		parse_ipv4(skb, &pkt, egress);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		parse_ipv6(skb, &pkt, egress);
+	/* A header chain that could not be walked: in scope, and undecidable, so dropped. */
+	if (pkt.undecided)
+		return true;
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
 	if (cfg.port && !(pkt.has_ports && (pkt.sport == cfg.port || pkt.dport == cfg.port)))
 		return false;
-	if (!pkt.has_ports)
-		return policy_drops(pkt.family, pkt.addr, 0);
-	return policy_drops(pkt.family, pkt.addr, egress ? pkt.dport : pkt.sport);
+	port = pkt.has_ports ? (egress ? pkt.dport : pkt.sport) : 0;
+	if (pkt.has_final && policy_drops(pkt.family, pkt.final_addr, port))
+		return true;
+	return policy_drops(pkt.family, pkt.addr, port);
 }
 
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
@@ -384,7 +465,7 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	if (ctx->type != SOCK_STREAM && !(cfg.directions & CGDROP_DIR_EGRESS))
 		return 1;
 	if (cfg.port) {
-		if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		if (!proto_has_ports(ctx->protocol))
 			return 1;
 		/* A socket bound to the filtered port sends from it. */
 		if (remote_port != cfg.port && ctx->sk->src_port != cfg.port)

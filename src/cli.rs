@@ -97,9 +97,13 @@ pub enum Command {
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff) on stdout.
+    /// Print the man page (roff) on stdout; with --dir, write cgdrop.1 and
+    /// a page per subcommand (cgdrop-run.1, …) into DIR.
     #[command(hide = true)]
-    Manpage,
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -166,7 +170,7 @@ pub struct PinArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which").required(true).args(["cgroup", "all"])))]
+#[command(group(ArgGroup::new("which").required(true).args(["cgroup", "all", "programs"])))]
 pub struct UnpinArgs {
     /// The cgroup whose policy to remove; a removed cgroup's path works too.
     #[arg(long, value_name = "PATH")]
@@ -175,6 +179,11 @@ pub struct UnpinArgs {
     /// Every policy cgdrop pinned, and the programs of `pin --programs`.
     #[arg(long)]
     pub all: bool,
+
+    /// The programs of `pin --programs` (detach them from their cgroups first:
+    /// `bpftool cgroup detach CGROUP egress pinned …`, or they stay attached).
+    #[arg(long)]
+    pub programs: bool,
 }
 
 #[derive(Debug, Args)]

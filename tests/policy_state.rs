@@ -397,3 +397,26 @@ fn messages_say_what_happens() {
     let twice = run(&["--block", "10.0.0.0/8", "--block", "10.0.0.0/8"]);
     assert!(twice.contains("1 denied target(s)"), "{twice}");
 }
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn silent_drops_look_as_the_readme_says() {
+    let _serial = serial();
+    // --silent egress: a plain UDP sender sees success; one with IP_RECVERR
+    // (glibc's resolver sets it) sees ENOBUFS. The README says exactly this.
+    let script = "import socket\n\
+                  out = []\n\
+                  for recverr in (0, 1):\n\
+                  \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                  \x20   s.setsockopt(socket.SOL_IP, 11, recverr)  # IP_RECVERR\n\
+                  \x20   try:\n\
+                  \x20       s.sendto(b'x', ('127.0.0.1', 9)); out.append('sent')\n\
+                  \x20   except OSError as e:\n\
+                  \x20       out.append(e.strerror)\n\
+                  print(' '.join(out))\n";
+    let out = cgdrop(&["run", "--silent", "--egress", "--", "python3", "-c", script]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent No buffer space available");
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("IP_RECVERR") && readme.contains("ENOBUFS"), "the README documents it");
+}

@@ -456,3 +456,74 @@ fn random_packets_follow_the_policy() {
     }
     assert_eq!(read_stats(&skel).egress.packets, n);
 }
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn segment_routing_final_destination_is_judged() {
+    // The first segment (the IPv6 destination) is allowed; the packet ends
+    // up at a denied address. Egress judges both; ingress the source only.
+    let udp = udp(40000, 53);
+    let via = |left| srh(IPPROTO_UDP, &["2001:db8:bad::1", "2001:db8:1::1"], left);
+    let mut unknown_type = via(1);
+    unknown_type[2] = 3;
+    egress_and_ingress(
+        &with_rules(&[("deny", "2001:db8:bad::/48")]),
+        &[
+            ("srh to a denied final destination", ipv6_at("2001:db8:1::1", NEXTHDR_ROUTING, &via(1), &udp), DROP, PASS),
+            ("srh with no segment left", ipv6_at("2001:db8:1::1", NEXTHDR_ROUTING, &via(0), &udp), PASS, PASS),
+            // Where an unknown routing type sends the packet cannot be told: dropped.
+            ("unknown routing type", ipv6_at("2001:db8:1::1", NEXTHDR_ROUTING, &unknown_type, &udp), DROP, PASS),
+        ],
+    );
+}
+
+/// Like `check`, with a verdict for each program: (name, packet, egress, ingress).
+fn egress_and_ingress(policy: &Policy, cases: &[(&str, Vec<u8>, u32, u32)]) {
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut skel = loader::load(policy, &mut object).unwrap();
+    loader::apply_rules(&mut skel, &mut Installed::new(), policy).unwrap();
+    for (name, packet, egress, ingress) in cases {
+        for (prog, want, which) in
+            [(&skel.progs.cgdrop_egress, egress, "egress"), (&skel.progs.cgdrop_ingress, ingress, "ingress")]
+        {
+            let out = prog.test_run(ProgramInput { data_in: Some(packet), ..Default::default() }).unwrap();
+            assert_eq!(out.return_value, *want, "{name}: {which}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn header_chains_that_cannot_be_walked_are_dropped() {
+    // Five extension headers: more than are walked, so the port is unknown.
+    let mut chain = Vec::new();
+    for _ in 0..4 {
+        chain.extend(dest_opts(NEXTHDR_DEST));
+    }
+    chain.extend(dest_opts(IPPROTO_UDP));
+    check(
+        &policy(Some(53), 0),
+        &[
+            ("five extension headers", ipv6(NEXTHDR_DEST, &chain, &udp(40000, 54)), DROP),
+            ("four are walked", ipv6(NEXTHDR_DEST, &chain[8..], &udp(40000, 54)), PASS),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn every_protocol_with_ports_matches_a_port_filter() {
+    let mut cases = Vec::new();
+    for (name, proto) in [("udplite", IPPROTO_UDPLITE), ("sctp", IPPROTO_SCTP), ("dccp", IPPROTO_DCCP)] {
+        // All three start with the source and destination ports.
+        let mut l4 = udp(40000, 53);
+        l4.resize(16, 0);
+        cases.push((format!("ipv4 {name} port 53"), ipv4(proto, 0, &l4), DROP));
+        cases.push((format!("ipv6 {name} port 53"), ipv6(proto, &[], &l4), DROP));
+        let mut other = udp(40000, 54);
+        other.resize(16, 0);
+        cases.push((format!("ipv4 {name} port 54"), ipv4(proto, 0, &other), PASS));
+    }
+    let cases: Vec<(&str, Vec<u8>, u32)> = cases.iter().map(|(n, p, v)| (n.as_str(), p.clone(), *v)).collect();
+    check(&policy(Some(53), 0), &cases);
+}

@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: &Cli) -> anyhow::Result<u8> {
     let ok = |r: anyhow::Result<()>| r.map(|()| 0);
     let touches_kernel =
-        !matches!(cli.command, Some(Command::Completions { .. } | Command::Manpage | Command::Cleanup));
+        !matches!(cli.command, Some(Command::Completions { .. } | Command::Manpage { .. } | Command::Cleanup));
     if touches_kernel {
         cleanup::before_command();
     }
@@ -22,13 +22,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         None => foreground::run(&cli.foreground, cli.verbose),
         Some(Command::Run(args)) => foreground::run_command(args, cli.verbose),
         Some(Command::Pin(args)) => ok(pin::pin(args, cli.verbose)),
-        Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all)),
+        Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all, args.programs)),
         Some(Command::Cleanup) => ok(cleanup::run()),
         Some(Command::Status { json }) => ok(report::status(*json)),
         Some(Command::Stats(args)) => ok(report::stats(args)),
         Some(Command::Rule { command }) => ok(rule::run(command)),
         Some(Command::Completions { shell }) => ok(completions(*shell)),
-        Some(Command::Manpage) => ok(manpage()),
+        Some(Command::Manpage { dir }) => ok(manpage(dir.as_deref())),
     }
 }
 
@@ -41,8 +41,13 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The man page (roff) on stdout, from the same definition as --help.
-fn manpage() -> anyhow::Result<()> {
+/// The man page (roff) on stdout, from the same definition as --help; with
+/// a directory, every page it refers to (`cgdrop-run(1)`, …) written there.
+fn manpage(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(dir) = dir {
+        return clap_mangen::generate_to(Cli::command(), dir)
+            .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()));
+    }
     let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut page)?;
     crate::output::stdout(&page);

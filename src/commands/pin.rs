@@ -181,7 +181,7 @@ fn pin_programs(policy: &Policy) -> Result<()> {
     fs::rename(&tmp.path, &dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
     tmp.keep = true;
     crate::say!(
-        "cgdrop: pinned programs for {} in {} (attach: bpftool cgroup attach CGROUP egress pinned {}/egress)",
+        "cgdrop: pinned programs for {} in {} (attach with BPF_F_ALLOW_MULTI, as cgdrop does, or cgdrop cannot attach there later: bpftool cgroup attach CGROUP egress pinned {}/egress multi)",
         output::describe(policy),
         dir.display(),
         dir.display()
@@ -190,8 +190,20 @@ fn pin_programs(policy: &Policy) -> Result<()> {
 }
 
 /// `cgdrop unpin`: removes one policy directory, or all of cgdrop's pins.
-pub fn unpin(cgroup: Option<&Path>, all: bool) -> Result<()> {
+pub fn unpin(cgroup: Option<&Path>, all: bool, programs: bool) -> Result<()> {
     preflight::check()?;
+    if programs {
+        let dir = bpffs::programs_dir();
+        if !dir.exists() {
+            bail!("no programs are pinned ({} does not exist)", dir.display());
+        }
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        crate::say!(
+            "cgdrop: removed the pinned programs ({}); where they are attached, they stay until detached",
+            dir.display()
+        );
+        return Ok(());
+    }
     bpffs::recover(&bpffs::cgdrop_root())?;
     if all {
         let root = bpffs::cgdrop_root();

@@ -23,7 +23,7 @@ use crate::{
     host::preflight,
     kernel::stats::{self, Stats},
     output::{self, Rates, Redraw},
-    pins::pinned::Pinned,
+    pins::{bpffs, pinned::Pinned},
     rules::Action,
 };
 
@@ -128,20 +128,29 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         drop(policies);
         return watch(args.cgroup.as_deref(), Duration::from_secs(secs));
     }
-    let mut rows = Vec::new();
+    // (name, cgroup id, counters, dry run)
+    let mut rows: Vec<(String, u64, Stats, bool)> = Vec::new();
     for p in &policies {
-        rows.push((p, stats::read(&p.stats)?));
+        rows.push((p.cgroup_path.clone(), p.id, stats::read(&p.stats)?, p.config()?.dry_run));
+    }
+    // The programs of `pin --programs`, attached by hand: counted over every
+    // cgroup they are attached to.
+    let progs = bpffs::programs_dir();
+    if args.cgroup.is_none() && progs.join("stats").exists() {
+        let map = libbpf_rs::MapHandle::from_pinned_path(progs.join("stats"))
+            .with_context(|| format!("opening {}/stats", progs.display()))?;
+        rows.push((format!("(pinned programs: {})", progs.display()), 0, stats::read(&map)?, false));
     }
     if args.json {
         let all: Vec<stats::Summary<'_>> =
-            rows.iter().map(|(p, s)| stats::Summary { cgroup: &p.cgroup_path, cgroup_id: p.id, stats: *s }).collect();
+            rows.iter().map(|(name, id, s, _)| stats::Summary { cgroup: name, cgroup_id: *id, stats: *s }).collect();
         crate::outln!("{}", serde_json::to_string(&all)?);
     } else if args.prometheus {
-        crate::out_raw!("{}", prometheus(&rows.iter().map(|(p, s)| (p.cgroup_path.as_str(), s)).collect::<Vec<_>>()));
+        crate::out_raw!("{}", prometheus(&rows.iter().map(|(name, _, s, _)| (name.as_str(), s)).collect::<Vec<_>>()));
     } else {
-        for (p, s) in &rows {
-            crate::outln!("{} (id {})", p.cgroup_path, p.id);
-            crate::out_raw!("{}", output::table(s, p.config()?.dry_run));
+        for (name, id, s, dry_run) in &rows {
+            crate::outln!("{name} (id {id})");
+            crate::out_raw!("{}", output::table(s, *dry_run));
         }
     }
     Ok(())

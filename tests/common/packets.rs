@@ -9,6 +9,11 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const NEXTHDR_HOP: u8 = 0;
 pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_DEST: u8 = 60;
+pub const IPPROTO_DCCP: u8 = 33;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
 /// IPv4 "more fragments" flag.
 pub const IP_MF: u16 = 0x2000;
 
@@ -91,4 +96,20 @@ pub fn fragment(next: u8, offset: u16, more: bool) -> Vec<u8> {
     h.extend_from_slice(&field.to_be_bytes());
     h.extend_from_slice(&[0, 0, 0, 1]);
     h
+}
+
+/// A segment routing header (type 4) listing `segments` (segments[0] is the
+/// final destination), `left` of them still to visit.
+pub fn srh(next: u8, segments: &[&str], left: u8) -> Vec<u8> {
+    let n = segments.len() as u8;
+    let mut h = vec![next, 2 * n, 4, left, n.saturating_sub(1), 0, 0, 0];
+    for s in segments {
+        h.extend_from_slice(&s.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    }
+    h
+}
+
+/// A destination options header (8 bytes) whose next header is `next`.
+pub fn dest_opts(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
 }
