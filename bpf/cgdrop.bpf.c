@@ -382,7 +382,8 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
 	struct pkt_info pkt = {};
 	__u16 port;
 
-	if (cfg.ifindex && skb->ifindex != cfg.ifindex)
+	if (cfg.ifindex && (skb->ifindex != cfg.ifindex ||
+			    (cfg.netns_cookie && bpf_get_netns_cookie(skb) != cfg.netns_cookie)))
 		return false;
 	/* Nothing to match a packet against: no need to read it. */
 	if (!cfg.port && !has_rules)

@@ -90,6 +90,14 @@ struct cgdrop_config {
 	enum cgdrop_direction directions;
 	/* CGDROP_MODE_* bits. */
 	enum cgdrop_mode modes;
+	/*
+	 * With `ifindex`: the network namespace (its cookie) where the interface
+	 * was named; an interface of the same number elsewhere is another one.
+	 * 0 = not known (kernels before 5.14): the number alone decides.
+	 */
+	__u64 netns_cookie;
+	/* The interface's name, for `status` (the programs never read it). */
+	char iface[16];
 };
 
 /*

@@ -90,9 +90,14 @@ pub fn describe(policy: &Policy) -> String {
 /// A pinned policy in a few words, from what its maps say.
 pub fn describe_pinned(c: &Config, unmatched_pass: bool, allow: usize, deny: usize) -> String {
     let dirs = directions(c.ingress, c.egress);
+    let elsewhere = c.netns_cookie != 0 && crate::kernel::config::netns_cookie() != Some(c.netns_cookie);
     let iface = match c.ifindex {
         0 => "every interface".to_string(),
-        i => format!("interface {} (index {i})", iface_name(i).unwrap_or_else(|| "?".into())),
+        i => format!(
+            "interface {} (index {i}{})",
+            c.iface.as_deref().unwrap_or("?"),
+            if elsewhere { ", in another network namespace" } else { "" }
+        ),
     };
     let port = if c.port == 0 { "every port".to_string() } else { format!("port {}", c.port) };
     let mut s = format!(
@@ -106,18 +111,6 @@ pub fn describe_pinned(c: &Config, unmatched_pass: bool, allow: usize, deny: usi
         s += "; dry run";
     }
     s
-}
-
-/// The name of an interface index, if it still exists.
-pub fn iface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as nix::libc::c_char; nix::libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let ret = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if ret.is_null() {
-        return None;
-    }
-    let bytes: Vec<u8> = buf.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// 4h2m5s, 3m0s, 12s.

@@ -352,6 +352,13 @@ fn wait_events(
             }
         }
         if now >= next_check {
+            if let Some((name, index)) = &policy.iface {
+                if nix::net::if_::if_nametoindex(name.as_str()).ok() != Some(*index) {
+                    bail!(
+                        "interface {name} was removed or renumbered while cgdrop was attached: the policy no longer matches it; attach again"
+                    );
+                }
+            }
             if !cgroup.still_there() {
                 let how = if cgroup.path.exists() { "removed and created again" } else { "removed" };
                 bail!(

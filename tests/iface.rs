@@ -109,3 +109,83 @@ fn iface_filter_drops_on_the_veth_and_keeps_lo() {
     assert!(n("egress", "dropped_bytes") >= 10 * 128 + 60, "{s}");
     assert_eq!(s["connect"]["rejected"], 0, "{s}");
 }
+
+/// `udp-send` of 20 datagrams from a process of `cg` in namespace `ns` (None:
+/// this one) to a receiver there on 127.0.0.1; returns how many arrived.
+fn loopback_delivered(ns: Option<&str>, cg: &TestCgroup) -> u64 {
+    let (mut recv, mut send): (common::Probe, Vec<String>) = match ns {
+        Some(ns) => (probe_in(ns, None, &["udp-recv", "127.0.0.1", "0", "30"]), NetnsPair::enter(ns)),
+        None => (common::Probe::start(None, &["udp-recv", "127.0.0.1", "0", "30"]), Vec::new()),
+    };
+    let port = recv.next(10)["port"].as_u64().unwrap().to_string();
+    send.push("python3".into());
+    send.push(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netprobe.py").into());
+    send.extend(["udp-send", "127.0.0.1", &port, "20", "16"].iter().map(|s| s.to_string()));
+    let mut sender = common::Probe::start_cmd(Some(cg), &send);
+    let _ = sender.next(20);
+    recv.finish(10)["received"].as_u64().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn iface_means_the_interface_of_the_namespace_where_it_was_named() {
+    let ns = NetnsPair::new();
+    let cg = TestCgroup::new("iface-netns");
+    // `lo` is index 1 in every namespace: named in A, it is A's lo only.
+    let mut argv = NetnsPair::enter(&ns.a);
+    let cgdrop_bin = common::CGDROP.to_string();
+    argv.extend([
+        cgdrop_bin,
+        "--cgroup".into(),
+        cg.path.to_str().unwrap().into(),
+        "--iface".into(),
+        "lo".into(),
+        "--egress".into(),
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let cgdrop = Cgdrop::start_cmd(&argv);
+    let in_a = loopback_delivered(Some(&ns.a), &cg);
+    let here = loopback_delivered(None, &cg);
+    cgdrop.signal(Signal::SIGTERM);
+    let (status, _, stderr) = cgdrop.wait();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(in_a, 0, "A's lo is dropped");
+    assert_eq!(here, 20, "this namespace's lo (also index 1) is another interface");
+    assert_detached(&cg.path);
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn a_removed_interface_is_reported() {
+    let ns = NetnsPair::new();
+    let cg = TestCgroup::new("iface-gone");
+    ip(&["-n", &ns.a, "link", "add", "cgdrop-d0", "type", "veth", "peer", "name", "cgdrop-d1"]);
+    let run_in_a = |args: &[&str]| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.a)).arg("--").arg(common::CGDROP).args(args);
+        cmd.output().unwrap()
+    };
+    let path = cg.path.to_str().unwrap();
+    let out = run_in_a(&["pin", "--cgroup", path, "--iface", "cgdrop-d0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ip(&["-n", &ns.a, "link", "del", "cgdrop-d0"]);
+    ip(&["-n", &ns.a, "link", "add", "cgdrop-d0", "type", "veth", "peer", "name", "cgdrop-d1"]);
+    let status = String::from_utf8_lossy(&run_in_a(&["status"]).stdout).into_owned();
+    let elsewhere =
+        String::from_utf8_lossy(&Command::new(common::CGDROP).arg("status").output().unwrap().stdout).into_owned();
+    let _ = run_in_a(&["unpin", "--cgroup", path]);
+    assert!(status.contains("interface cgdrop-d0 is now index"), "{status}");
+    assert!(elsewhere.contains("in another network namespace"), "{elsewhere}");
+    // A foreground session notices it too.
+    let argv_owned: Vec<String> = NetnsPair::enter(&ns.a)
+        .into_iter()
+        .chain([common::CGDROP.to_string(), "--cgroup".into(), path.into(), "--iface".into(), "cgdrop-d0".into()])
+        .collect();
+    let argv: Vec<&str> = argv_owned.iter().map(String::as_str).collect();
+    let cgdrop = Cgdrop::start_cmd(&argv);
+    ip(&["-n", &ns.a, "link", "del", "cgdrop-d0"]);
+    let (status, _, stderr) = cgdrop.wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interface cgdrop-d0 was removed or renumbered"), "{stderr}");
+    assert_detached(&cg.path);
+}

@@ -302,7 +302,9 @@ fn pinned_programs_attach_by_hand() {
         }
     }
     let _cleanup = UnpinAll;
-    ok(&["pin", "--programs", "--egress"]);
+    let out = cgdrop(&["pin", "--programs", "--egress"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("/egress multi)"), "the hint attaches with multi: {said}");
     let egress = bpf_root().join("progs/egress");
     let attach = Command::new("bpftool")
         .args(["cgroup", "attach"])
@@ -318,6 +320,10 @@ fn pinned_programs_attach_by_hand() {
     let sent = Probe::run(Some(&cg), &["udp-send", "127.0.0.1", &port, "5", "10"]);
     assert_eq!(sent, json!({"sent": 0, "errors": {"EPERM": 5}}));
     assert_eq!(receiver.finish(10), json!({"received": 0}));
+    // `stats` counts the pinned programs too (5 datagrams dropped by egress).
+    let stats: Vec<Value> = serde_json::from_str(&ok(&["stats", "--json"])).unwrap();
+    let progs = stats.iter().find(|s| s["cgroup"].as_str().is_some_and(|c| c.contains("pinned programs"))).unwrap();
+    assert_eq!(progs["egress"]["dropped_packets"], 5, "{progs}");
     let detach = Command::new("bpftool")
         .args(["cgroup", "detach"])
         .arg(&cg.path)
@@ -326,6 +332,8 @@ fn pinned_programs_attach_by_hand() {
         .output()
         .unwrap();
     assert!(detach.status.success());
+    ok(&["unpin", "--programs"]);
+    assert!(!bpf_root().join("progs").exists());
     ok(&["unpin", "--all"]);
     assert!(!bpf_root().exists());
 }
@@ -390,6 +398,11 @@ fn make_install_pins_and_uninstall_leaves_no_trace() {
     }
     let man = fs::read_to_string(prefix.join("share/man/man1/cgdrop.1")).unwrap();
     assert!(man.contains(".TH cgdrop"), "a man page");
+    // Every page the main page refers to is installed too.
+    for sub in ["run", "pin", "unpin", "status", "stats", "rule", "cleanup"] {
+        assert!(man.contains(&format!("cgdrop\\-{sub}(1)")), "cgdrop.1 refers to cgdrop-{sub}(1)");
+        assert!(prefix.join(format!("share/man/man1/cgdrop-{sub}.1")).exists(), "cgdrop-{sub}.1 installed");
+    }
     let mut progs = attached_cgdrop_progs(&cg_path);
     progs.sort();
     assert_eq!(progs, ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_sendmsg4", "cgdrop_sendmsg6"]);

@@ -77,7 +77,7 @@ pub fn status(json: bool) -> Result<()> {
                 policy: PolicyJson {
                     ingress: config.ingress,
                     egress: config.egress,
-                    iface: (config.ifindex != 0).then(|| output::iface_name(config.ifindex)).flatten(),
+                    iface: config.iface.clone(),
                     ifindex: config.ifindex,
                     port: (config.port != 0).then_some(config.port),
                     silent: config.silent,

@@ -27,12 +27,16 @@ pub const MAX_RULES_PER_FAMILY: usize = cgdrop_limits::CGDROP_MAX_RULES.0 as usi
 pub const PORT_BITS: u32 = cgdrop_limits::CGDROP_PORT_BITS.0;
 
 /// The configuration fixed for one load, as the rest of cgdrop reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub ingress: bool,
     pub egress: bool,
     /// 0 = every interface.
     pub ifindex: u32,
+    /// The interface's name, and the cookie of the network namespace where it
+    /// was named (0: unknown).
+    pub iface: Option<String>,
+    pub netns_cookie: u64,
     /// 0 = every port.
     pub port: u16,
     pub silent: bool,
@@ -45,6 +49,8 @@ impl Config {
             ingress: policy.ingress,
             egress: policy.egress,
             ifindex: policy.ifindex(),
+            iface: policy.iface.as_ref().map(|(name, _)| name.clone()),
+            netns_cookie: if policy.iface.is_some() { netns_cookie().unwrap_or(0) } else { 0 },
             port: policy.port.unwrap_or(0),
             silent: policy.silent,
             dry_run: policy.dry_run,
@@ -55,10 +61,16 @@ impl Config {
     /// `Default` is their first value, not 0.
     pub fn encode(&self) -> cgdrop_config {
         let bits = |flags: [(bool, u32); 2]| flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit);
+        let mut iface = [0i8; 16];
+        for (dst, src) in iface.iter_mut().zip(self.iface.as_deref().unwrap_or("").bytes().take(15)) {
+            *dst = src as i8;
+        }
         cgdrop_config {
             ifindex: self.ifindex,
             port: self.port,
             pad: 0,
+            netns_cookie: self.netns_cookie,
+            iface,
             directions: cgdrop_direction(bits([
                 (self.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
                 (self.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
@@ -75,6 +87,11 @@ impl Config {
             ingress: c.directions.0 & cgdrop_direction::CGDROP_DIR_INGRESS.0 != 0,
             egress: c.directions.0 & cgdrop_direction::CGDROP_DIR_EGRESS.0 != 0,
             ifindex: c.ifindex,
+            iface: {
+                let name: Vec<u8> = c.iface.iter().take_while(|b| **b != 0).map(|b| *b as u8).collect();
+                (!name.is_empty()).then(|| String::from_utf8_lossy(&name).into_owned())
+            },
+            netns_cookie: c.netns_cookie,
             port: c.port,
             silent: c.modes.0 & cgdrop_mode::CGDROP_MODE_SILENT.0 != 0,
             dry_run: c.modes.0 & cgdrop_mode::CGDROP_MODE_DRY_RUN.0 != 0,
@@ -90,6 +107,25 @@ impl Config {
         }
         Ok(Self::decode(&r.cfg))
     }
+}
+
+/// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux 5.14).
+pub fn netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: i32 = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the local u64.
+    let ret = unsafe {
+        nix::libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0).then_some(cookie)
 }
 
 /// The .bss flags (see bpf/cgdrop.bpf.c): what unmatched traffic gets and
@@ -189,11 +225,13 @@ mod tests {
                 ingress: bits & 1 != 0,
                 egress: bits & 2 != 0,
                 ifindex: bits * 3,
+                iface: (bits & 1 != 0).then(|| "eth0".to_string()),
+                netns_cookie: u64::from(bits) << 40,
                 port: 8080,
                 silent: bits & 4 != 0,
                 dry_run: bits & 8 != 0,
             };
-            assert_eq!(Config::decode(&c.encode()), c);
+            assert_eq!(Config::decode(&c.encode()), c.clone());
         }
     }
 

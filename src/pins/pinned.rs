@@ -89,6 +89,8 @@ pub enum Health {
     Incomplete(Vec<&'static str>),
     /// The .bss flags hide rules that are in the tries.
     Inconsistent(&'static str),
+    /// The `--iface` interface was removed or renumbered: the policy matches nothing.
+    InterfaceGone(String),
 }
 
 impl std::fmt::Display for Health {
@@ -98,6 +100,7 @@ impl std::fmt::Display for Health {
             Health::Defunct => f.write_str("defunct (cgroup removed; `cgdrop unpin` cleans it)"),
             Health::Incomplete(missing) => write!(f, "incomplete (not attached: {})", missing.join(", ")),
             Health::Inconsistent(why) => write!(f, "inconsistent ({why}; `cgdrop pin --replace` rewrites them)"),
+            Health::InterfaceGone(why) => write!(f, "not applied ({why}; `cgdrop pin --replace` names it again)"),
         }
     }
 }
@@ -224,6 +227,8 @@ impl Pinned {
         }
         Ok(if defunct {
             Health::Defunct
+        } else if let Some(gone) = interface_gone(&c) {
+            Health::InterfaceGone(gone)
         } else if !missing.is_empty() {
             Health::Incomplete(missing)
         } else if let Some(wrong) = self.flags_disagree()? {
@@ -251,6 +256,23 @@ impl Pinned {
     /// `unpin`): `flock` on its directory, released when the guard drops.
     pub fn lock(&self) -> Result<OwnedFd> {
         lock_dir(&self.dir)
+    }
+}
+
+/// Why an `--iface` policy no longer matches its interface, when this
+/// process is in the network namespace where it was named (elsewhere the
+/// names mean other interfaces, and nothing can be told).
+pub fn interface_gone(c: &Config) -> Option<String> {
+    let name = c.iface.as_deref()?;
+    if c.ifindex == 0 || (c.netns_cookie != 0 && config::netns_cookie() != Some(c.netns_cookie)) {
+        return None;
+    }
+    match nix::net::if_::if_nametoindex(name) {
+        Err(_) => Some(format!("interface {name} is gone")),
+        Ok(now) if now != c.ifindex => {
+            Some(format!("interface {name} is now index {now}, the policy matches {}", c.ifindex))
+        }
+        Ok(_) => None,
     }
 }
 
