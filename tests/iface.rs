@@ -10,7 +10,7 @@ use common::{assert_detached, summary, Cgdrop, TestCgroup};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-/// Two namespaces `cgdrop-test-{a,b}-<pid>` with veth `cgdrop-va` (10.199.0.1,
+/// Two namespaces `cgdrop-test-{a,b}-<pid>-<n>` with veth `cgdrop-va` (10.199.0.1,
 /// in A) and `cgdrop-vb` (10.199.0.2, in B). Deleted on drop (the veth goes
 /// with its namespace).
 struct NetnsPair {
@@ -25,8 +25,11 @@ fn ip(args: &[&str]) {
 
 impl NetnsPair {
     fn new() -> Self {
+        // The tests of this file run in parallel: one pair each.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let pair = Self { a: format!("cgdrop-test-a-{pid}"), b: format!("cgdrop-test-b-{pid}") };
+        let pair = Self { a: format!("cgdrop-test-a-{pid}-{n}"), b: format!("cgdrop-test-b-{pid}-{n}") };
         ip(&["netns", "add", &pair.a]);
         ip(&["netns", "add", &pair.b]);
         ip(&["-n", &pair.a, "link", "add", "cgdrop-va", "type", "veth", "peer", "name", "cgdrop-vb", "netns", &pair.b]);
