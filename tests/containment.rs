@@ -8,7 +8,10 @@ mod common;
 use std::{
     fs,
     io::Read,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::OpenOptionsExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -501,4 +504,32 @@ fn the_root_cgroup_needs_whole_host_and_symlinks_are_resolved() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("outside the cgroup2 mount"), "{stderr}");
     assert_detached(&cg.path);
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn a_fifo_on_stdin_whose_writer_left_does_not_hang_the_start() {
+    let _serial = serial();
+    let fifo = PathBuf::from(format!("/tmp/cgdrop-test-stdin-{}", std::process::id()));
+    let _ = fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Reader first (non-blocking), then a writer that writes and goes away.
+    let reader = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    fs::write(&fifo, "hi\n").unwrap();
+    let flags = nix::fcntl::fcntl(reader.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(reader.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(blocking)).unwrap();
+    let mut child = Command::new(CGDROP)
+        .args(["run", "--", "cat"])
+        .stdin(Stdio::from(reader))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_deadline(&mut child, 10, "cgdrop run with a FIFO on stdin");
+    let _ = fs::remove_file(&fifo);
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(out, "hi\n");
 }

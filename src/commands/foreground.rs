@@ -58,6 +58,9 @@ pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     if let Some(line) = output::explain(&outcome.stats, &outcome.policy) {
         crate::say!("{line}");
     }
+    // Removed here rather than on drop, so that a failure is an error.
+    let path = cgroup.path.clone();
+    cgroup.remove().with_context(|| format!("removing cgroup {} (`cgdrop cleanup` retries)", path.display()))?;
     Ok(outcome.status.map_or(1, exit_code))
 }
 

@@ -238,16 +238,25 @@ fn own_description(fd: i32) -> Option<OwnedFd> {
         return None;
     }
     // SAFETY: F_GETFL on a descriptor number; no memory is passed.
-    let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFL) };
-    if flags < 0 {
+    let theirs = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFL) };
+    if theirs < 0 {
         return None;
     }
-    let access = flags & nix::libc::O_ACCMODE;
+    let access = theirs & nix::libc::O_ACCMODE;
     let path = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    // Non-blocking open: a named FIFO whose other end is gone would block it.
+    let flags = access | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK;
     // SAFETY: a NUL-terminated path; the result is checked.
-    let new = unsafe { nix::libc::open(path.as_ptr(), access | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC) };
+    let new = unsafe { nix::libc::open(path.as_ptr(), flags) };
+    if new < 0 {
+        return None;
+    }
     // SAFETY: a fresh descriptor nothing else owns.
-    (new >= 0).then(|| unsafe { OwnedFd::from_raw_fd(new) })
+    let new = unsafe { OwnedFd::from_raw_fd(new) };
+    // The command gets the status flags (blocking mode, append) cgdrop's had.
+    // SAFETY: F_SETFL on a descriptor we own.
+    unsafe { nix::libc::fcntl(new.as_raw_fd(), nix::libc::F_SETFL, theirs) };
+    Some(new)
 }
 
 /// The program's path: as given when it has a slash, else the first
