@@ -424,17 +424,9 @@ fn runs_in_two_pid_namespaces_do_not_share_a_cgroup() {
 fn rules_files_that_are_not_regular_files_are_refused_at_once() {
     let _serial = serial();
     let cg = TestCgroup::new("fifo");
-    let fifo = PathBuf::from(format!("/tmp/cgdrop-test-fifo-{}", std::process::id()));
-    let _ = fs::remove_file(&fifo);
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    struct Rm<'a>(&'a Path);
-    impl Drop for Rm<'_> {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(self.0);
-        }
-    }
-    let _rm = Rm(&fifo);
-    for file in [fifo.as_path(), Path::new("/dev/zero")] {
+    let fifo = common::TempPath::new("fifo");
+    nix::unistd::mkfifo(&*fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for file in [&*fifo, Path::new("/dev/zero")] {
         let mut child = Command::new(CGDROP)
             .args(["--cgroup", cg.path.to_str().unwrap(), "--rules-file", file.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -449,12 +441,11 @@ fn rules_files_that_are_not_regular_files_are_refused_at_once() {
         assert_detached(&cg.path);
     }
     // A reload that meets a FIFO fails, and the session still stops on SIGTERM.
-    let rules = PathBuf::from(format!("/tmp/cgdrop-test-rules-{}", std::process::id()));
+    let rules = common::TempPath::new("rules");
     fs::write(&rules, "deny 10.0.0.0/8\n").unwrap();
-    let _rm2 = Rm(&rules);
     let mut cgdrop = Cgdrop::start(&["--cgroup", cg.path.to_str().unwrap(), "--rules-file", rules.to_str().unwrap()]);
     fs::remove_file(&rules).unwrap();
-    nix::unistd::mkfifo(&rules, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(&*rules, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     cgdrop.signal(Signal::SIGHUP);
     cgdrop.wait_for_stderr("not a regular file");
     cgdrop.signal(Signal::SIGTERM);
@@ -481,9 +472,8 @@ fn the_root_cgroup_needs_whole_host_and_symlinks_are_resolved() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_detached(&root);
     let cg = TestCgroup::new("target");
-    let link = PathBuf::from(format!("/tmp/cgdrop-test-link-{}", std::process::id()));
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(&cg.path, &link).unwrap();
+    let link = common::TempPath::new("link");
+    std::os::unix::fs::symlink(&cg.path, &*link).unwrap();
     let out = Command::new(CGDROP).args(["--cgroup", link.to_str().unwrap(), "--run", "true"]).output().unwrap();
     let _ = fs::remove_file(&link);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -510,9 +500,8 @@ fn the_root_cgroup_needs_whole_host_and_symlinks_are_resolved() {
 #[ignore = "needs root: `make test` runs it as root"]
 fn a_fifo_on_stdin_whose_writer_left_does_not_hang_the_start() {
     let _serial = serial();
-    let fifo = PathBuf::from(format!("/tmp/cgdrop-test-stdin-{}", std::process::id()));
-    let _ = fs::remove_file(&fifo);
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = common::TempPath::new("stdin");
+    nix::unistd::mkfifo(&*fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     // Reader first (non-blocking), then a writer that writes and goes away.
     let reader = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
     fs::write(&fifo, "hi\n").unwrap();

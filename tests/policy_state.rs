@@ -9,7 +9,6 @@ mod common;
 use std::{
     fs,
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Command, Output, Stdio},
     sync::{mpsc, Mutex, MutexGuard},
     thread,
@@ -125,7 +124,7 @@ fn a_ttl_never_shortens_a_permanent_rule() {
     assert_eq!(send(&p.cg, "127.5.0.1"), "EPERM", "still denied after the ttl");
     drop(p);
     // The same within one policy: a flag and a file line for one target.
-    let file = PathBuf::from(format!("/tmp/cgdrop-test-ttl-{}.rules", std::process::id()));
+    let file = common::TempPath::new("ttl");
     fs::write(&file, "deny 127.5.0.2 ttl=1s\n").unwrap();
     let cg = TestCgroup::new("ttl-merge-fg");
     let cgdrop = Cgdrop::start(&[
@@ -161,7 +160,7 @@ fn expired_rules_never_change_a_live_verdict() {
     drop(p);
     // In foreground, expired rules are deleted when they expire, so even an
     // allow list (where failing closed would drop) gets the live verdict.
-    let file = PathBuf::from(format!("/tmp/cgdrop-test-nest-{}.rules", std::process::id()));
+    let file = common::TempPath::new("nest");
     let lines: String = (16..21).map(|n| format!("deny 127.8.0.0/{n} ttl=1s\n")).collect();
     fs::write(&file, lines).unwrap();
     let cg = TestCgroup::new("expired-fg");
@@ -187,7 +186,7 @@ fn expired_rules_never_change_a_live_verdict() {
 #[ignore = "needs root: `make test` runs it as root"]
 fn a_reload_keeps_the_expiry_of_an_unchanged_rule() {
     let _serial = serial();
-    let file = PathBuf::from(format!("/tmp/cgdrop-test-hup-{}.rules", std::process::id()));
+    let file = common::TempPath::new("hup");
     fs::write(&file, "allow 127.9.9.9 ttl=1s\n").unwrap();
     let cg = TestCgroup::new("hup-ttl");
     let mut cgdrop = Cgdrop::start(&[
@@ -222,7 +221,7 @@ fn a_reload_that_does_not_fit_changes_nothing() {
     let _serial = serial();
     // Two sets of 600,000 rules: each fits (1,048,576 per family), both at
     // once do not. The old set must stay whole and none of the new appear.
-    let file = PathBuf::from(format!("/tmp/cgdrop-test-cap-{}.rules", std::process::id()));
+    let file = common::TempPath::new("cap");
     fs::write(&file, many_rules(0, 600_000) + "deny 127.44.0.1\n").unwrap();
     let cg = TestCgroup::new("reload-cap");
     let mut cgdrop = Cgdrop::start(&["--cgroup", cg.path.to_str().unwrap(), "--rules-file", file.to_str().unwrap()]);

@@ -68,6 +68,37 @@ pub fn remove_cgroup(path: &Path) {
     }
 }
 
+/// A file path `/tmp/cgdrop-test-<name>-<pid>`, removed on drop, even when
+/// the test fails.
+pub struct TempPath(pub PathBuf);
+
+impl TempPath {
+    pub fn new(name: &str) -> Self {
+        let path = PathBuf::from(format!("/tmp/cgdrop-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_file(&path);
+        Self(path)
+    }
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 /// `cgdrop-run-…` cgroups under the cgroup2 root.
 pub fn run_cgroups() -> Vec<PathBuf> {
     fs::read_dir(cgroup2_root())
