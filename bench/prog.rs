@@ -124,6 +124,7 @@ pub fn per_packet_cost() -> Result<String> {
             rules,
             rules_file: None,
             cli_rules: Vec::new(),
+            log_rate: 0,
             silent: false,
             dry_run: false,
         };

@@ -89,6 +89,40 @@ struct {
 	__type(value, struct cgdrop_info);
 } info SEC(".maps");
 
+/* Drop and reject events for `cgdrop log`, `--log` and `--log-json`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Where an event is put together (the BPF stack is too small for it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cgdrop_event);
+} scratch SEC(".maps");
+
+/* Each CPU's event budget for the current second (see event_start). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cgdrop_budget);
+} event_budget SEC(".maps");
+
+/*
+ * Who uses a socket: recorded by the connect/sendmsg hooks, which run in the
+ * caller's context, and read back by the skb hooks, which often run in
+ * softirq context where the current task is not the socket's owner.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct cgdrop_owner);
+} owners SEC(".maps");
+
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
 	/* The remote address (egress: destination; ingress: source); IPv4 uses 4 bytes. */
@@ -121,6 +155,18 @@ static __always_inline void count(__u64 *field, __u64 n)
 	__sync_fetch_and_add(field, n);
 }
 
+/* The rule a verdict came from, for events. */
+struct match {
+	__u64 expires_ns;
+	/* enum cgdrop_action; 0 = no rule. */
+	__u32 action;
+	/* The rule's key prefixlen (port bits included). */
+	__u32 prefixlen;
+	__u16 port;
+	/* enum cgdrop_reason */
+	__u8 reason;
+};
+
 /* A matching rule that has not expired: its action; otherwise 0. */
 static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
 {
@@ -143,7 +189,7 @@ static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
  * expired rules (promptly in foreground, whenever a command touches a pin).
  * `prefixlen` points into `key`.
  */
-static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u64 *now)
+static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u64 *now, struct match *m)
 {
 	struct cgdrop_rule *r;
 	__u32 action;
@@ -153,27 +199,34 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 		if (!r)
 			return 0;
 		action = live_action(r, now);
-		if (action || r->prefixlen <= CGDROP_PORT_BITS)
+		if (action) {
+			m->prefixlen = r->prefixlen;
+			m->expires_ns = r->expires_ns;
 			return action;
+		}
+		if (r->prefixlen <= CGDROP_PORT_BITS)
+			return 0;
 		*prefixlen = r->prefixlen - 1;
 	}
 	return UNDECIDED;
 }
 
-static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now)
+static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now, struct match *m)
 {
 	struct cgdrop_key_v4 key = { .prefixlen = CGDROP_PORT_BITS + 32, .port = bpf_htons(port) };
 
 	__builtin_memcpy(key.addr, addr, 4);
-	return lookup_live(&rules_v4, &key, &key.prefixlen, now);
+	m->port = port;
+	return lookup_live(&rules_v4, &key, &key.prefixlen, now, m);
 }
 
-static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now)
+static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now, struct match *m)
 {
 	struct cgdrop_key_v6 key = { .prefixlen = CGDROP_PORT_BITS + 128, .port = bpf_htons(port) };
 
 	__builtin_memcpy(key.addr, addr, 16);
-	return lookup_live(&rules_v6, &key, &key.prefixlen, now);
+	m->port = port;
+	return lookup_live(&rules_v6, &key, &key.prefixlen, now, m);
 }
 
 /* ::ffff:a.b.c.d is matched as the IPv4 address a.b.c.d. */
@@ -188,11 +241,12 @@ static __always_inline bool v4_mapped(const __u8 *addr)
  * Does the policy drop traffic with this remote address and port (host
  * order, 0 = none)? A rule with the port beats one without.
  */
-static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 port)
+static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 port, struct match *m)
 {
 	__u64 now = 0;
 	__u32 action = 0;
 
+	m->reason = CGDROP_REASON_DEFAULT;
 	if (!has_rules)
 		return !unmatched_pass;
 	if (!has_port_rules)
@@ -203,19 +257,26 @@ static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 po
 	}
 	if (family == 4) {
 		if (port)
-			action = lookup_v4(port, addr, &now);
+			action = lookup_v4(port, addr, &now, m);
 		if (!action)
-			action = lookup_v4(0, addr, &now);
+			action = lookup_v4(0, addr, &now, m);
 	} else if (family == 6) {
 		if (port)
-			action = lookup_v6(port, addr, &now);
+			action = lookup_v6(port, addr, &now, m);
 		if (!action)
-			action = lookup_v6(0, addr, &now);
+			action = lookup_v6(0, addr, &now, m);
 	}
 	if (action == CGDROP_ACTION_ALLOW)
 		return false;
-	if (action == CGDROP_ACTION_DENY || action == UNDECIDED)
+	if (action == CGDROP_ACTION_DENY) {
+		m->action = action;
+		m->reason = CGDROP_REASON_RULE;
 		return true;
+	}
+	if (action == UNDECIDED) {
+		m->reason = CGDROP_REASON_UNDECIDED;
+		return true;
+	}
 	return !unmatched_pass;
 }
 
@@ -377,32 +438,162 @@ undecided:
 }
 
 /* Would the policy drop this packet (steps 2 to 5 of the verdict order)? */
-static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress)
+static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress, struct pkt_info *pkt, struct match *m)
 {
-	struct pkt_info pkt = {};
 	__u16 port;
 
 	if (cfg.ifindex && (skb->ifindex != cfg.ifindex ||
 			    (cfg.netns_cookie && bpf_get_netns_cookie(skb) != cfg.netns_cookie)))
 		return false;
+	m->reason = CGDROP_REASON_DEFAULT;
 	/* Nothing to match a packet against: no need to read it. */
 	if (!cfg.port && !has_rules)
 		return !unmatched_pass;
 	/* skb->protocol, not skb->family: the latter is the socket's family. */
 	if (skb->protocol == bpf_htons(ETH_P_IP))
-		parse_ipv4(skb, &pkt, egress);
+		parse_ipv4(skb, pkt, egress);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		parse_ipv6(skb, &pkt, egress);
+		parse_ipv6(skb, pkt, egress);
 	/* A header chain that could not be walked: in scope, and undecidable, so dropped. */
-	if (pkt.undecided)
+	if (pkt->undecided) {
+		m->reason = CGDROP_REASON_UNDECIDED;
 		return true;
+	}
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
-	if (cfg.port && !(pkt.has_ports && (pkt.sport == cfg.port || pkt.dport == cfg.port)))
+	if (cfg.port && !(pkt->has_ports && (pkt->sport == cfg.port || pkt->dport == cfg.port)))
 		return false;
-	port = pkt.has_ports ? (egress ? pkt.dport : pkt.sport) : 0;
-	if (pkt.has_final && policy_drops(pkt.family, pkt.final_addr, port))
+	port = pkt->has_ports ? (egress ? pkt->dport : pkt->sport) : 0;
+	if (pkt->has_final && policy_drops(pkt->family, pkt->final_addr, port, m))
 		return true;
-	return policy_drops(pkt.family, pkt.addr, port);
+	return policy_drops(pkt->family, pkt->addr, port, m);
+}
+
+/*
+ * An event to fill, or NULL: events are off, or this CPU spent its budget
+ * for the current second (then it counts what it leaves out, and says so in
+ * a record of its own when the next second starts: nothing is lost silently).
+ */
+static __always_inline struct cgdrop_event *event_start(__u64 cgroup_id)
+{
+	struct cgdrop_budget *b;
+	struct cgdrop_event *ev;
+	__u32 zero = 0;
+	__u64 now;
+
+	if (!cfg.events_per_cpu)
+		return NULL;
+	b = bpf_map_lookup_elem(&event_budget, &zero);
+	ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!b || !ev)
+		return NULL;
+	now = bpf_ktime_get_boot_ns();
+	if (now - b->window_ns >= 1000000000ULL) {
+		if (b->suppressed) {
+			__builtin_memset(ev, 0, sizeof(*ev));
+			ev->time_ns = now;
+			ev->cgroup_id = cgroup_id;
+			ev->hook = CGDROP_STAT_SLOTS;
+			ev->suppressed = b->suppressed;
+			if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+				return NULL;
+		}
+		b->window_ns = now;
+		b->sent = 0;
+		b->suppressed = 0;
+	}
+	if (b->sent >= cfg.events_per_cpu) {
+		b->suppressed++;
+		return NULL;
+	}
+	b->sent++;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->time_ns = now;
+	ev->cgroup_id = cgroup_id;
+	return ev;
+}
+
+/* Sends a filled event; a full ring buffer counts it as left out. */
+static __always_inline void event_send(struct cgdrop_event *ev)
+{
+	struct cgdrop_budget *b;
+	__u32 zero = 0;
+
+	if (!bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+		return;
+	b = bpf_map_lookup_elem(&event_budget, &zero);
+	if (b)
+		b->suppressed++;
+}
+
+static __always_inline void event_rule(struct cgdrop_event *ev, struct match *m)
+{
+	ev->reason = m->reason;
+	if (m->reason != CGDROP_REASON_RULE)
+		return;
+	ev->rule_action = m->action;
+	ev->rule_prefix = m->prefixlen - CGDROP_PORT_BITS;
+	ev->rule_port = m->port;
+	ev->rule_expires_ns = m->expires_ns;
+}
+
+/* A drop by an skb program: addresses from the packet, the owner from the socket's storage. */
+static __always_inline void skb_event(struct __sk_buff *skb, __u32 slot, bool egress, struct pkt_info *pkt,
+				      struct match *m, enum cgdrop_verdict verdict)
+{
+	struct cgdrop_event *ev = event_start(bpf_skb_cgroup_id(skb));
+	struct cgdrop_owner *o;
+	struct bpf_sock *sk;
+	__u32 l4 = 0;
+
+	if (!ev)
+		return;
+	ev->hook = slot;
+	ev->verdict = verdict;
+	ev->len = skb->len;
+	event_rule(ev, m);
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (!bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip))) {
+			ev->family = 4;
+			ev->proto = ip.protocol;
+			__builtin_memcpy(ev->local, egress ? &ip.saddr : &ip.daddr, 4);
+			__builtin_memcpy(ev->remote, egress ? &ip.daddr : &ip.saddr, 4);
+			if (!(ip.frag_off & bpf_htons(IP_OFFSET_MASK)))
+				l4 = ip.ihl * 4;
+		}
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (!bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6))) {
+			ev->family = 6;
+			ev->proto = ip6.nexthdr;
+			__builtin_memcpy(ev->local, egress ? &ip6.saddr : &ip6.daddr, 16);
+			__builtin_memcpy(ev->remote, egress ? &ip6.daddr : &ip6.saddr, 16);
+			l4 = sizeof(ip6);
+		}
+	}
+	/* The fast path (no rules, no port filter) did not read the ports. */
+	if (!pkt->has_ports && l4 && proto_has_ports(ev->proto))
+		read_ports(skb, l4, pkt);
+	if (pkt->has_ports) {
+		ev->local_port = egress ? pkt->sport : pkt->dport;
+		ev->remote_port = egress ? pkt->dport : pkt->sport;
+	}
+	sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk) {
+		o = bpf_sk_storage_get(&owners, sk, 0, 0);
+		if (o) {
+			ev->owner_known = 1;
+			ev->pid = o->pid;
+			ev->tgid = o->tgid;
+			ev->uid = o->uid;
+			__builtin_memcpy(ev->comm, o->comm, sizeof(ev->comm));
+		}
+	}
+	event_send(ev);
 }
 
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
@@ -412,17 +603,21 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 	/* A GSO packet stands for gso_segs packets on the wire. */
 	__u64 segs = skb->gso_segs ? skb->gso_segs : 1;
 	__u64 len = skb->len;
+	struct pkt_info pkt = {};
+	struct match m = {};
 
 	if (c) {
 		count(&c->packets, segs);
 		count(&c->bytes, len);
 	}
-	if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS))
+	if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS, &pkt, &m))
 		return 1;
 	if (c) {
 		count(&c->dropped_packets, segs);
 		count(&c->dropped_bytes, len);
 	}
+	skb_event(skb, slot, direction == CGDROP_DIR_EGRESS, &pkt, &m,
+		  (cfg.modes & CGDROP_MODE_DRY_RUN) ? CGDROP_VERDICT_WOULD_DROP : CGDROP_VERDICT_DROPPED);
 	if (cfg.modes & CGDROP_MODE_DRY_RUN)
 		return 1;
 	/*
@@ -452,14 +647,68 @@ int cgdrop_egress(struct __sk_buff *skb)
  * programs would drop: a TCP handshake fails if either direction is dropped;
  * a UDP connect() or sendmsg() only matters when egress is dropped.
  */
+/* Records the calling process as the socket's owner, for the skb programs' events. */
+static __always_inline void record_owner(struct bpf_sock_addr *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct cgdrop_owner *o;
+
+	if (!cfg.events_per_cpu)
+		return;
+	o = bpf_sk_storage_get(&owners, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!o || o->pid == (__u32)pid_tgid)
+		return;
+	o->pid = (__u32)pid_tgid;
+	o->tgid = pid_tgid >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+/* A rejection by a connect/sendmsg program: it runs in the caller's context. */
+static __always_inline void sock_event(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, __u32 *remote,
+				       __u16 remote_port, struct match *m)
+{
+	struct cgdrop_event *ev = event_start(bpf_get_current_cgroup_id());
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (!ev)
+		return;
+	ev->hook = slot;
+	ev->verdict = (cfg.modes & CGDROP_MODE_DRY_RUN) ? CGDROP_VERDICT_WOULD_REJECT : CGDROP_VERDICT_REJECTED;
+	event_rule(ev, m);
+	ev->family = family;
+	ev->proto = ctx->protocol;
+	ev->owner_known = 1;
+	ev->pid = (__u32)pid_tgid;
+	ev->tgid = pid_tgid >> 32;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	__builtin_memcpy(ev->remote, remote, family == 4 ? 4 : 16);
+	ev->remote_port = remote_port;
+	ev->local_port = ctx->sk->src_port;
+	if (family == 4) {
+		__u32 src = ctx->sk->src_ip4;
+
+		__builtin_memcpy(ev->local, &src, 4);
+	}
+	event_send(ev);
+}
+
+/*
+ * Returns 1 (allow) or 0 (the call fails with EPERM). Rejects what the skb
+ * programs would drop: a TCP handshake fails if either direction is dropped;
+ * a UDP connect() or sendmsg() only matters when egress is dropped.
+ */
 static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 slot, __u8 family)
 {
 	struct cgdrop_counters *c = counters(slot);
 	__u16 remote_port = bpf_ntohs((__u16)ctx->user_port);
+	struct match m = {};
 	__u32 ip6[4];
 
 	if (c)
 		count(&c->packets, 1);
+	record_owner(ctx);
 	/* The outgoing interface is not known at connect() time: never reject then. */
 	if (cfg.ifindex || !cfg.directions || (cfg.modes & CGDROP_MODE_SILENT))
 		return 1;
@@ -474,7 +723,7 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	}
 	if (family == 4) {
 		ip6[0] = ctx->user_ip4;
-		if (!policy_drops(4, (__u8 *)ip6, remote_port))
+		if (!policy_drops(4, (__u8 *)ip6, remote_port, &m))
 			return 1;
 	} else {
 		/* The context allows only 4-byte reads of user_ip6. */
@@ -482,11 +731,12 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 		ip6[1] = ctx->user_ip6[1];
 		ip6[2] = ctx->user_ip6[2];
 		ip6[3] = ctx->user_ip6[3];
-		if (!policy_drops(6, (__u8 *)ip6, remote_port))
+		if (!policy_drops(6, (__u8 *)ip6, remote_port, &m))
 			return 1;
 	}
 	if (c)
 		count(&c->dropped_packets, 1);
+	sock_event(ctx, slot, family, ip6, remote_port, &m);
 	return (cfg.modes & CGDROP_MODE_DRY_RUN) ? 1 : 0;
 }
 

@@ -71,7 +71,7 @@ enum cgdrop_limits {
  * pinned by another cgdrop is refused with a message instead of misread.
  */
 enum cgdrop_layout {
-	CGDROP_LAYOUT_VERSION = 3,
+	CGDROP_LAYOUT_VERSION = 4,
 };
 
 /*
@@ -98,6 +98,83 @@ struct cgdrop_config {
 	__u64 netns_cookie;
 	/* The interface's name, for `status` (the programs never read it). */
 	char iface[16];
+	/* Drop and reject events each CPU may emit per second; 0 = no events. */
+	__u32 events_per_cpu;
+	__u32 pad2;
+};
+
+/* What happened to the traffic an event is about. */
+enum cgdrop_verdict {
+	CGDROP_VERDICT_DROPPED = 1,
+	CGDROP_VERDICT_REJECTED = 2,
+	/* --dry-run: counted, let through. */
+	CGDROP_VERDICT_WOULD_DROP = 3,
+	CGDROP_VERDICT_WOULD_REJECT = 4,
+};
+
+/* Why. */
+enum cgdrop_reason {
+	/* A deny rule matched (rule_* say which). */
+	CGDROP_REASON_RULE = 1,
+	/* No rule matched: the policy drops everything in scope. */
+	CGDROP_REASON_DEFAULT = 2,
+	/* The header chain or the expired rules could not be looked past: dropped undecided. */
+	CGDROP_REASON_UNDECIDED = 3,
+};
+
+/*
+ * One drop or rejection, from the `events` ring buffer. `hook` is the stats
+ * slot of the program; CGDROP_STAT_SLOTS marks a record that only says how
+ * many events one CPU left out (`suppressed`) to stay within its budget.
+ */
+struct cgdrop_event {
+	/* CLOCK_BOOTTIME ns. */
+	__u64 time_ns;
+	__u64 cgroup_id;
+	__u64 rule_expires_ns;
+	__u64 suppressed;
+	/* The process (thread id, process id, uid); owner_known = 0: unknown. */
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	/* Packet length (skb hooks). */
+	__u32 len;
+	enum cgdrop_stat_slot hook;
+	enum cgdrop_verdict verdict;
+	enum cgdrop_reason reason;
+	/* enum cgdrop_action of the matching rule; 0 = none. */
+	__u32 rule_action;
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port;
+	__u16 remote_port;
+	/* The matching rule: address bits of its prefix, its port (0 = any). */
+	__u16 rule_prefix;
+	__u16 rule_port;
+	/* IPPROTO_*; 0 = unknown. */
+	__u8 proto;
+	/* 4 or 6; 0 = unknown. */
+	__u8 family;
+	__u8 owner_known;
+	__u8 pad;
+	__u32 pad2;
+	char comm[16];
+};
+
+/* Value of the per-CPU `event_budget` map: this CPU's current one-second window. */
+struct cgdrop_budget {
+	__u64 window_ns;
+	__u64 sent;
+	__u64 suppressed;
+};
+
+/* Value of the socket-local `owners` storage: who created or used the socket. */
+struct cgdrop_owner {
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	__u32 pad;
+	char comm[16];
 };
 
 /*

@@ -63,6 +63,37 @@ pub struct ForegroundArgs {
     /// Print the summary as one JSON object on stdout instead of a table on stderr.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+/// Where drop and reject events go while attached.
+#[derive(Debug, Args)]
+pub struct LogFlags {
+    /// Print each drop and rejection as it happens, one line on stderr: the
+    /// process, the address and the rule (at most --log-rate per second).
+    #[arg(long, conflicts_with = "log_json")]
+    pub log: bool,
+
+    /// The same as JSON lines on stdout.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only this cgroup's policy (default: every pinned policy).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// JSON lines with stable field names.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keep printing events as they happen, until Ctrl-C.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +108,10 @@ pub enum Command {
     /// Detach and remove cgdrop's pinned policy of a cgroup (or all of them).
     /// Programs that other tools attached are never touched.
     Unpin(UnpinArgs),
+    /// Show the drops and rejections of pinned policies: which process tried
+    /// to reach what, and which rule stopped it (events are kept in the
+    /// kernel until read; at most --log-rate per second were recorded).
+    Log(LogArgs),
     /// Finish what a killed cgdrop left: kill what is left in the cgroups it
     /// owned (`run`, `--create`), then remove their pins and the cgroups, and
     /// complete or remove half-written pins. Every cgdrop command does this
@@ -133,6 +168,9 @@ pub struct RunArgs {
     /// Print the counters every SECS seconds while CMD runs.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: Option<u64>,
+
+    #[command(flatten)]
+    pub log: LogFlags,
 
     /// The command and its arguments, after `--` (run as given, no shell).
     #[arg(required = true, last = true, value_name = "CMD")]
@@ -289,6 +327,11 @@ pub struct PolicyArgs {
     /// Count what would be dropped, but drop nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Record at most N drop and reject events per second (with the process,
+    /// the address and the rule; what is left out is counted); 0 = none.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub log_rate: u32,
 }
 
 /// Reports a clap error as cgdrop reports every error: one line on stderr,

@@ -6,7 +6,11 @@
 use std::{fmt::Write as _, io::Write as _, time::Instant};
 
 use crate::{
-    kernel::{config::Config, stats::Stats},
+    kernel::{
+        config::Config,
+        events::{Event, Kind, Why},
+        stats::Stats,
+    },
     policy::Policy,
     rules::Action,
 };
@@ -256,6 +260,112 @@ pub fn explain(s: &Stats, policy: &Policy) -> Option<String> {
         s.sendmsg.rejected,
         describe(policy)
     ))
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventFormat {
+    /// One line for people (stderr in a session, stdout for `cgdrop log`).
+    Text,
+    /// JSON lines with stable field names (stdout).
+    Json,
+}
+
+/// A boot-time instant as wall-clock seconds since the epoch.
+fn wall_secs(boot_ns: u64) -> f64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let boot_now = crate::kernel::rulemaps::boot_time_ns().unwrap_or(boot_ns);
+    now - boot_now.saturating_sub(boot_ns) as f64 / 1e9
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        136 => "udplite".into(),
+        132 => "sctp".into(),
+        33 => "dccp".into(),
+        0 => "?".into(),
+        n => format!("proto {n}"),
+    }
+}
+
+fn endpoint(ip: Option<std::net::IpAddr>, port: u16) -> String {
+    match (ip, port) {
+        (None, _) => "?".into(),
+        (Some(std::net::IpAddr::V6(a)), p) if p != 0 => format!("[{a}]:{p}"),
+        (Some(a), 0) => a.to_string(),
+        (Some(a), p) => format!("{a}:{p}"),
+    }
+}
+
+/// One event as a line (without the newline).
+pub fn event(e: &Event, format: EventFormat) -> String {
+    let wall = wall_secs(e.time_ns);
+    match (&e.kind, format) {
+        (Kind::Suppressed(n), EventFormat::Text) => {
+            format!("{} cgroup {}: {n} more events left out (over --log-rate)", clock(wall), e.cgroup_id)
+        }
+        (Kind::Suppressed(n), EventFormat::Json) => {
+            serde_json::json!({"time": wall, "cgroup_id": e.cgroup_id, "suppressed": n}).to_string()
+        }
+        (Kind::Blocked(b), EventFormat::Text) => {
+            let who = match &b.owner {
+                Some((pid, _, uid, comm)) => format!("{comm}[{pid}] uid {uid}"),
+                None => "unknown process".into(),
+            };
+            let arrow = if b.hook == "ingress" { "→" } else { "←" };
+            let why = match &b.why {
+                Why::Rule(t, _) => format!("by deny {t}"),
+                Why::Default => "(no rule matched: the policy drops everything in scope)".into(),
+                Why::Undecided => "(could not be decided: headers or expired rules not looked past)".into(),
+            };
+            format!(
+                "{} {:<8} {} {} {arrow} {who} {} {why}",
+                clock(wall),
+                b.hook,
+                proto_name(b.proto),
+                endpoint(b.remote, b.remote_port),
+                b.verdict
+            )
+        }
+        (Kind::Blocked(b), EventFormat::Json) => {
+            let (rule, expires_ns) = match &b.why {
+                Why::Rule(t, exp) => (Some(format!("deny {t}")), *exp),
+                _ => (None, 0),
+            };
+            let now_ns = crate::kernel::rulemaps::boot_time_ns().unwrap_or(0);
+            let owner = b.owner.as_ref();
+            serde_json::json!({
+                "time": wall,
+                "cgroup_id": e.cgroup_id,
+                "hook": b.hook,
+                "verdict": b.verdict,
+                "proto": proto_name(b.proto),
+                "local": b.local.map(|a| a.to_string()),
+                "local_port": b.local_port,
+                "remote": b.remote.map(|a| a.to_string()),
+                "remote_port": b.remote_port,
+                "len": b.len,
+                "reason": match b.why { Why::Rule(..) => "rule", Why::Default => "default", Why::Undecided => "undecided" },
+                "rule": rule,
+                "rule_expires_in_secs": (expires_ns != 0).then(|| expires_ns.saturating_sub(now_ns) / 1_000_000_000),
+                "pid": owner.map(|o| o.0),
+                "tgid": owner.map(|o| o.1),
+                "uid": owner.map(|o| o.2),
+                "comm": owner.map(|o| o.3.clone()),
+            })
+            .to_string()
+        }
+    }
+}
+
+/// HH:MM:SS (UTC) of wall-clock seconds.
+fn clock(wall: f64) -> String {
+    let s = wall as u64 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct Policy {
     pub cli_rules: Vec<Rule>,
     pub silent: bool,
     pub dry_run: bool,
+    /// Drop/reject events per second at most (`--log-rate`); 0 = none.
+    pub log_rate: u32,
 }
 
 impl Policy {
@@ -59,6 +61,7 @@ impl Policy {
             cli_rules: flags.map(|(action, t)| Rule { action, target: *t, ttl: None }).collect(),
             silent: args.silent,
             dry_run: args.dry_run,
+            log_rate: args.log_rate,
         };
         let file_rules = match &args.rules_file {
             Some(path) => rules::read_rules_file(path)?,

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::OpenObject;
+use libbpf_rs::{MapHandle, OpenObject};
 use nix::sys::signal::Signal;
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGTERM},
@@ -30,12 +30,12 @@ use crate::{
         process::{spawn_in_cgroup, Child, Cmd},
     },
     kernel::{
-        loader,
+        events, loader,
         rulemaps::Installed,
         skel::CgdropSkel,
         stats::{self, Stats},
     },
-    output::{self, Rates, Redraw},
+    output::{self, EventFormat, Rates, Redraw},
     pins::runs::RunPins,
     policy::Policy,
 };
@@ -80,7 +80,13 @@ pub struct Outcome {
 /// for as long as a process is left; the end is then always: kill the whole
 /// tree, wait until it is empty, remove the sub-cgroups, read the counters,
 /// detach (descriptors and pins). On any other cgroup, detaching is the end.
-pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interval: Option<u64>) -> Result<Outcome> {
+pub fn session(
+    mut policy: Policy,
+    cgroup: &Cgroup,
+    cmd: Option<Cmd<'_>>,
+    interval: Option<u64>,
+    log: Option<EventFormat>,
+) -> Result<Outcome> {
     let (tx, rx) = mpsc::channel();
     let stopped = forward_signals(tx.clone(), policy.rules_file.is_some())?;
 
@@ -109,6 +115,10 @@ pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interv
         if cmd.is_some() { "running the command" } else { "Ctrl-C to detach" }
     );
 
+    let logger = match log {
+        Some(format) => Some(Logger::start(&skel, format)?),
+        None => None,
+    };
     let child = match cmd {
         Some(cmd) => match spawn_in_cgroup(&cmd, cgroup) {
             Ok(child) => {
@@ -152,6 +162,9 @@ pub fn session(mut policy: Policy, cgroup: &Cgroup, cmd: Option<Cmd<'_>>, interv
     // An owned cgroup is emptied while the policy is still in force.
     let emptied = if cgroup.owned() { cgroup.kill_all() } else { Ok(()) };
     let totals = stats::read(&skel.maps.stats);
+    if let Some(logger) = logger {
+        logger.finish(cgroup.id);
+    }
     let left_unfiltered = if cgroup.owned() { 0 } else { cgroup.process_count() };
     // Should processes be left, the pins stay and keep them filtered until
     // `cgdrop cleanup` (or the next cgdrop command) finishes the job.
@@ -170,6 +183,50 @@ fn end(cgroup: &Cgroup, pins: Option<RunPins>, links: Vec<(crate::kernel::loader
         if let Err(e) = pins.remove() {
             output::warn(format_args!("detaching from {}: {e:#} (`cgdrop cleanup` retries)", cgroup.path.display()));
         }
+    }
+}
+
+/// The events of the session, printed by a thread of their own as they come.
+struct Logger {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Result<()>>,
+    budget: MapHandle,
+    format: EventFormat,
+}
+
+impl Logger {
+    fn start(skel: &CgdropSkel<'_>, format: EventFormat) -> Result<Self> {
+        let ring = MapHandle::try_from(&skel.maps.events).context("opening the events ring buffer")?;
+        let budget = MapHandle::try_from(&skel.maps.event_budget).context("opening the event budget")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || events::follow(&[ring], true, &stopped, |e| print_event(&e, format)));
+        Ok(Self { stop, thread, budget, format })
+    }
+
+    /// Prints what is left in the ring buffer, and what the CPUs left out
+    /// and have not reported yet.
+    fn finish(self, cgroup_id: u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => output::warn(format_args!("reading events: {e:#}")),
+            Err(_) => output::warn(format_args!("reading events: the reader thread failed")),
+        }
+        let left_out = events::unreported_suppressed(&self.budget);
+        if left_out > 0 {
+            let time_ns = crate::kernel::rulemaps::boot_time_ns().unwrap_or(0);
+            print_event(&events::Event { time_ns, cgroup_id, kind: events::Kind::Suppressed(left_out) }, self.format);
+        }
+    }
+}
+
+/// An event on stderr (text) or stdout (JSON lines).
+pub fn print_event(e: &events::Event, format: EventFormat) {
+    let line = output::event(e, format);
+    match format {
+        EventFormat::Text => crate::say!("{line}"),
+        EventFormat::Json => crate::outln!("{line}"),
     }
 }
 

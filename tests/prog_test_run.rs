@@ -37,6 +37,7 @@ fn policy(port: Option<u16>, ifindex: u32) -> Policy {
         rules: Vec::new(),
         rules_file: None,
         cli_rules: Vec::new(),
+        log_rate: 0,
         silent: false,
         dry_run: false,
     }

@@ -5,14 +5,14 @@ use std::{fs, io::IsTerminal};
 use anyhow::{Context, Result};
 
 use crate::{
-    cli::{ForegroundArgs, PolicyArgs, RunArgs},
+    cli::{ForegroundArgs, LogFlags, PolicyArgs, RunArgs},
     host::{
         cgroup::{self, Cgroup},
         preflight,
         process::{check_command, exit_code, lookup_user, Cmd},
     },
     kernel::{loader, stats},
-    output,
+    output::{self, EventFormat},
     policy::Policy,
     session::{session, Outcome},
 };
@@ -27,7 +27,7 @@ pub fn run(args: &ForegroundArgs, verbose: bool) -> Result<u8> {
     loader::set_verbose(verbose);
     let cgroup = Cgroup::open(location)?;
     let cmd = args.run.as_deref().map(Cmd::Shell);
-    let outcome = session(policy, &cgroup, cmd, args.interval)?;
+    let outcome = session(policy, &cgroup, cmd, args.interval, log_format(&args.log))?;
     print_summary(&outcome, &cgroup, args.json)?;
     if outcome.left_unfiltered > 0 {
         output::warn(format_args!(
@@ -53,7 +53,7 @@ pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     loader::set_verbose(verbose);
     let cgroup = Cgroup::create_run()?;
     let cmd = Cmd::Argv { argv: &args.command, user: user.as_ref(), keep_fds: &args.keep_fds };
-    let outcome = session(policy, &cgroup, Some(cmd), args.interval)?;
+    let outcome = session(policy, &cgroup, Some(cmd), args.interval, log_format(&args.log))?;
     print_summary(&outcome, &cgroup, args.json)?;
     if let Some(line) = output::explain(&outcome.stats, &outcome.policy) {
         crate::say!("{line}");
@@ -78,6 +78,14 @@ fn announce_rules_file(args: &PolicyArgs) {
                 size >> 20
             );
         }
+    }
+}
+
+fn log_format(flags: &LogFlags) -> Option<EventFormat> {
+    if flags.log_json {
+        Some(EventFormat::Json)
+    } else {
+        flags.log.then_some(EventFormat::Text)
     }
 }
 

@@ -2,6 +2,7 @@
 //! this layer imports it.
 pub mod cleanup;
 pub mod foreground;
+pub mod log;
 pub mod pin;
 pub mod report;
 pub mod rule;
@@ -24,6 +25,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         Some(Command::Pin(args)) => ok(pin::pin(args, cli.verbose)),
         Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all, args.programs)),
         Some(Command::Cleanup) => ok(cleanup::run()),
+        Some(Command::Log(args)) => ok(log::run(args)),
         Some(Command::Status { json }) => ok(report::status(*json)),
         Some(Command::Stats(args)) => ok(report::stats(args)),
         Some(Command::Rule { command }) => ok(rule::run(command)),

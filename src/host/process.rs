@@ -153,7 +153,7 @@ pub fn spawn_in_cgroup(cmd: &Cmd<'_>, cgroup: &Cgroup) -> Result<Child> {
     let pid = unsafe { nix::libc::syscall(nix::libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
     if pid == 0 {
         // SAFETY: in the child; see child_exec.
-        unsafe { child_exec(&p, &argv, &envp, err_pipe.1.as_raw_fd(), parent) }
+        unsafe { child_exec(&p, &argv, &envp, err_pipe.1.as_raw_fd(), parent, cgroup.raw_fd()) }
     }
     if pid < 0 {
         return Err(std::io::Error::last_os_error())
@@ -310,8 +310,13 @@ unsafe fn child_exec(
     envp: &[*const nix::libc::c_char],
     err_fd: i32,
     parent: nix::libc::pid_t,
+    cgroup_fd: i32,
 ) -> ! {
     use nix::libc;
+    // The copy of the cgroup's descriptor would hold cgdrop's owner lock
+    // (flock is per open file description) until exec: a cleanup after a
+    // killed cgdrop would then take the cgroup for a live one.
+    libc::close(cgroup_fd);
     let fail = |err: i32| -> ! {
         let bytes = err.to_ne_bytes();
         libc::write(err_fd, bytes.as_ptr().cast(), 4);

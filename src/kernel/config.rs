@@ -37,6 +37,8 @@ pub struct Config {
     /// was named (0: unknown).
     pub iface: Option<String>,
     pub netns_cookie: u64,
+    /// Events each CPU may emit per second (the policy's `--log-rate` spread over the CPUs); 0 = none.
+    pub events_per_cpu: u32,
     /// 0 = every port.
     pub port: u16,
     pub silent: bool,
@@ -52,6 +54,10 @@ impl Config {
             iface: policy.iface.as_ref().map(|(name, _)| name.clone()),
             netns_cookie: if policy.iface.is_some() { netns_cookie().unwrap_or(0) } else { 0 },
             port: policy.port.unwrap_or(0),
+            events_per_cpu: match policy.log_rate {
+                0 => 0,
+                rate => rate.div_ceil(libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1)) as u32),
+            },
             silent: policy.silent,
             dry_run: policy.dry_run,
         }
@@ -71,6 +77,8 @@ impl Config {
             pad: 0,
             netns_cookie: self.netns_cookie,
             iface,
+            events_per_cpu: self.events_per_cpu,
+            pad2: 0,
             directions: cgdrop_direction(bits([
                 (self.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
                 (self.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
@@ -92,6 +100,7 @@ impl Config {
                 (!name.is_empty()).then(|| String::from_utf8_lossy(&name).into_owned())
             },
             netns_cookie: c.netns_cookie,
+            events_per_cpu: c.events_per_cpu,
             port: c.port,
             silent: c.modes.0 & cgdrop_mode::CGDROP_MODE_SILENT.0 != 0,
             dry_run: c.modes.0 & cgdrop_mode::CGDROP_MODE_DRY_RUN.0 != 0,
@@ -227,6 +236,7 @@ mod tests {
                 ifindex: bits * 3,
                 iface: (bits & 1 != 0).then(|| "eth0".to_string()),
                 netns_cookie: u64::from(bits) << 40,
+                events_per_cpu: bits * 7,
                 port: 8080,
                 silent: bits & 4 != 0,
                 dry_run: bits & 8 != 0,

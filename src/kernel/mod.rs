@@ -2,6 +2,7 @@
 //! with, loading and attaching, the rule tries and the counters. Nothing here
 //! knows about the command line or about bpffs.
 pub mod config;
+pub mod events;
 pub mod loader;
 pub mod rulemaps;
 pub mod stats;

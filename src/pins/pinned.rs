@@ -40,6 +40,8 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
         ("rodata", &mut m.rodata),
         ("bss", &mut m.bss),
         ("info", &mut m.info),
+        ("events", &mut m.events),
+        ("event_budget", &mut m.event_budget),
     ] {
         let path = dir.join(name);
         map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
@@ -74,6 +76,8 @@ pub struct Pinned {
     pub stats: MapHandle,
     pub rules_v4: MapHandle,
     pub rules_v6: MapHandle,
+    pub events: MapHandle,
+    pub event_budget: MapHandle,
     rodata: MapHandle,
     bss: MapHandle,
 }
@@ -132,6 +136,8 @@ impl Pinned {
             stats: open_map(dir, "stats")?,
             rules_v4: open_map(dir, "rules_v4")?,
             rules_v6: open_map(dir, "rules_v6")?,
+            events: open_map(dir, "events")?,
+            event_budget: open_map(dir, "event_budget")?,
             rodata: open_map(dir, "rodata")?,
             bss: open_map(dir, "bss")?,
         })

@@ -1,0 +1,195 @@
+//! Drop and reject events as root, with real traffic: the event names the
+//! process, the address and the rule; the budget holds under a flood and
+//! nothing is lost silently; `cgdrop log --follow` reads a pinned policy's.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Probe, TestCgroup, CGDROP};
+use serde_json::Value;
+
+/// The JSON lines of a stdout that also holds the command's own output.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout.lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The first line `pid N` of the command's output.
+fn pid_of(stdout: &str) -> u64 {
+    stdout.lines().find_map(|l| l.strip_prefix("pid ")).and_then(|p| p.trim().parse().ok()).expect("pid line")
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn a_rejected_connect_names_the_process_and_the_rule() {
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "20");
+    let script = format!(
+        "import os, socket\nprint('pid', os.getpid(), flush=True)\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port}))\nexcept OSError:\n    pass\n"
+    );
+    let out = Command::new(CGDROP)
+        .args(["run", "--log-json", "--block", "127.0.0.0/8", "--", "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = pid_of(&stdout);
+    let events = json_lines(&stdout);
+    let e = events.iter().find(|e| e["hook"] == "connect4").unwrap_or_else(|| panic!("no connect4 event: {stdout}"));
+    assert_eq!(e["pid"], pid, "{e}");
+    assert_eq!(e["comm"], "python3", "{e}");
+    assert_eq!(e["remote"], "127.0.0.1", "{e}");
+    assert_eq!(e["remote_port"].to_string(), port, "{e}");
+    assert_eq!(e["rule"], "deny 127.0.0.0/8", "{e}");
+    assert_eq!(
+        (e["verdict"].as_str(), e["reason"].as_str(), e["proto"].as_str()),
+        (Some("rejected"), Some("rule"), Some("tcp"))
+    );
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn a_packet_drop_names_the_sockets_owner() {
+    // With --iface, sendto() is not rejected: the egress program drops the
+    // packet, and names the owner the sendmsg hook recorded on the socket.
+    let script = "import os, socket\nprint('pid', os.getpid(), flush=True)\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(3):\n    try:\n        u.sendto(b'x' * 10, ('127.0.0.2', 53))\n    except OSError:\n        pass\n";
+    let out = Command::new(CGDROP)
+        .args([
+            "run",
+            "--log-json",
+            "--iface",
+            "lo",
+            "--egress",
+            "--block",
+            "127.0.0.0/8",
+            "--",
+            "python3",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = pid_of(&stdout);
+    let drops: Vec<Value> = json_lines(&stdout).into_iter().filter(|e| e["hook"] == "egress").collect();
+    assert_eq!(drops.len(), 3, "{stdout}");
+    for e in &drops {
+        assert_eq!((e["pid"].as_u64(), e["verdict"].as_str()), (Some(pid), Some("dropped")), "{e}");
+        assert_eq!(
+            (e["remote"].as_str(), e["remote_port"].as_u64(), e["local"].as_str()),
+            (Some("127.0.0.2"), Some(53), Some("127.0.0.1"))
+        );
+        assert_eq!(e["rule"], "deny 127.0.0.0/8");
+    }
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn a_flood_is_budgeted_and_nothing_is_lost_silently() {
+    // 100,000 dropped datagrams, at most 20 events a second: the events and
+    // the "left out" counts add up to the drops, and the drops to the sends.
+    let script = "import socket\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(100000):\n    u.sendto(b'x' * 10, ('127.0.0.2', 53))\n";
+    let started = Instant::now();
+    let out = Command::new(CGDROP)
+        .args([
+            "run",
+            "--log-json",
+            "--json",
+            "--silent",
+            "--egress",
+            "--log-rate",
+            "20",
+            "--",
+            "python3",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = json_lines(&stdout);
+    let summary = lines.iter().find(|l| l.get("egress").is_some()).expect("the summary");
+    let dropped = summary["egress"]["dropped_packets"].as_u64().unwrap();
+    assert_eq!(dropped, 100_000, "counters equal what was sent");
+    let events = lines.iter().filter(|l| l["hook"] == "egress").count() as u64;
+    let left_out: u64 = lines.iter().filter_map(|l| l["suppressed"].as_u64()).sum();
+    assert_eq!(events + left_out, dropped, "{events} events + {left_out} left out");
+    // 20 a second over the CPUs (rounded up per CPU), for each second begun.
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let most = 20u64.div_ceil(cpus) * cpus * (secs.ceil() as u64 + 1);
+    assert!(events <= most, "{events} events in {secs:.1} s (at most {most})");
+    assert!(events > 0);
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn log_follow_shows_a_pinned_policys_events() {
+    let cg = TestCgroup::new("log");
+    let path = cg.path.to_str().unwrap().to_string();
+    struct Unpin(String);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
+        }
+    }
+    let out = Command::new(CGDROP).args(["pin", "--cgroup", &path, "--block", "127.0.0.0/8"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _unpin = Unpin(path.clone());
+    let mut log = Command::new(CGDROP)
+        .args(["log", "--follow", "--json", "--cgroup", &path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = log.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    // A process started after `log`: its rejected connect shows up.
+    let mut probe = Command::new("python3");
+    probe.args([
+        "-c",
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), 1)\nexcept OSError:\n    pass\n",
+    ]);
+    common::in_cgroup(&mut probe, &cg.path);
+    let mut child = probe.spawn().unwrap();
+    let pid = child.id() as u64;
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut found = false;
+    while !found && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            found = serde_json::from_str::<Value>(&line).is_ok_and(|e| e["pid"] == pid && e["hook"] == "connect4");
+            seen.push(line);
+        }
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(log.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let status = log.wait().unwrap();
+    assert!(found, "no event of pid {pid}: {seen:?}");
+    assert!(status.success(), "`log --follow` ends cleanly on SIGTERM: {status:?}");
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn log_bad_input() {
+    let cg = TestCgroup::new("log-bad");
+    let out = Command::new(CGDROP).args(["log", "--cgroup", cg.path.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no cgdrop policy is pinned"), "{stderr}");
+    let out = Command::new(CGDROP).args(["run", "--log-rate", "many", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
