@@ -4,6 +4,7 @@
 //! live view, sweeping expired rules and reloading the rules file on SIGHUP.
 //! It detaches when it ends and returns the counters.
 use std::{
+    collections::HashMap,
     io::IsTerminal,
     mem::MaybeUninit,
     process::ExitStatus,
@@ -71,6 +72,8 @@ pub struct Outcome {
     pub policy: Policy,
     /// Processes left in a cgroup cgdrop does not own, unfiltered from now on.
     pub left_unfiltered: usize,
+    /// The most blocked destinations among the recorded events, with their counts.
+    pub top_blocked: Vec<(String, u64)>,
 }
 
 /// Loads and attaches the policy, runs the command, waits, then ends.
@@ -86,6 +89,7 @@ pub fn session(
     cmd: Option<Cmd<'_>>,
     interval: Option<u64>,
     log: Option<EventFormat>,
+    tally: bool,
 ) -> Result<Outcome> {
     let (tx, rx) = mpsc::channel();
     let stopped = forward_signals(tx.clone(), policy.rules_file.is_some())?;
@@ -115,10 +119,8 @@ pub fn session(
         if cmd.is_some() { "running the command" } else { "Ctrl-C to detach" }
     );
 
-    let logger = match log {
-        Some(format) => Some(Logger::start(&skel, format)?),
-        None => None,
-    };
+    // Events are read when they are shown, or tallied for the summary.
+    let logger = if (log.is_some() || tally) && policy.log_rate > 0 { Some(Logger::start(&skel, log)?) } else { None };
     let child = match cmd {
         Some(cmd) => match spawn_in_cgroup(&cmd, cgroup) {
             Ok(child) => {
@@ -162,9 +164,7 @@ pub fn session(
     // An owned cgroup is emptied while the policy is still in force.
     let emptied = if cgroup.owned() { cgroup.kill_all() } else { Ok(()) };
     let totals = stats::read(&skel.maps.stats);
-    if let Some(logger) = logger {
-        logger.finish(cgroup.id);
-    }
+    let top_blocked = logger.map(|l| l.finish(cgroup.id)).unwrap_or_default();
     let left_unfiltered = if cgroup.owned() { 0 } else { cgroup.process_count() };
     // Should processes be left, the pins stay and keep them filtered until
     // `cgdrop cleanup` (or the next cgdrop command) finishes the job.
@@ -173,7 +173,7 @@ pub fn session(
     }
     let status = waited?;
     emptied?;
-    Ok(Outcome { stats: totals?, status, policy, left_unfiltered })
+    Ok(Outcome { stats: totals?, status, policy, left_unfiltered, top_blocked })
 }
 
 /// Detaches: cgdrop's link descriptors and, on an owned cgroup, the pins.
@@ -186,38 +186,67 @@ fn end(cgroup: &Cgroup, pins: Option<RunPins>, links: Vec<(crate::kernel::loader
     }
 }
 
-/// The events of the session, printed by a thread of their own as they come.
+/// The events of the session, read by a thread of their own as they come:
+/// printed (`--log`, `--log-json`) and tallied by destination.
 struct Logger {
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<Result<()>>,
+    thread: thread::JoinHandle<Result<HashMap<String, u64>>>,
     budget: MapHandle,
-    format: EventFormat,
+    format: Option<EventFormat>,
 }
 
 impl Logger {
-    fn start(skel: &CgdropSkel<'_>, format: EventFormat) -> Result<Self> {
+    fn start(skel: &CgdropSkel<'_>, format: Option<EventFormat>) -> Result<Self> {
         let ring = MapHandle::try_from(&skel.maps.events).context("opening the events ring buffer")?;
         let budget = MapHandle::try_from(&skel.maps.event_budget).context("opening the event budget")?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        let thread = thread::spawn(move || events::follow(&[ring], true, &stopped, |e| print_event(&e, format)));
+        let thread = thread::spawn(move || {
+            let mut tally = HashMap::new();
+            events::follow(&[ring], true, &stopped, |e| {
+                if let events::Kind::Blocked(b) = &e.kind {
+                    let to = match (b.remote, b.remote_port) {
+                        (Some(std::net::IpAddr::V6(a)), p) if p != 0 => format!("[{a}]:{p}"),
+                        (Some(a), 0) => a.to_string(),
+                        (Some(a), p) => format!("{a}:{p}"),
+                        (None, _) => "?".into(),
+                    };
+                    *tally.entry(to).or_insert(0) += 1;
+                }
+                if let Some(format) = format {
+                    print_event(&e, format);
+                }
+            })?;
+            Ok(tally)
+        });
         Ok(Self { stop, thread, budget, format })
     }
 
-    /// Prints what is left in the ring buffer, and what the CPUs left out
-    /// and have not reported yet.
-    fn finish(self, cgroup_id: u64) {
+    /// Reads what is left in the ring buffer, reports what the CPUs left
+    /// out and have not reported yet, and returns the three most blocked
+    /// destinations.
+    fn finish(self, cgroup_id: u64) -> Vec<(String, u64)> {
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => output::warn(format_args!("reading events: {e:#}")),
-            Err(_) => output::warn(format_args!("reading events: the reader thread failed")),
-        }
+        let tally = match self.thread.join() {
+            Ok(Ok(tally)) => tally,
+            Ok(Err(e)) => {
+                output::warn(format_args!("reading events: {e:#}"));
+                HashMap::new()
+            }
+            Err(_) => {
+                output::warn(format_args!("reading events: the reader thread failed"));
+                HashMap::new()
+            }
+        };
         let left_out = events::unreported_suppressed(&self.budget);
-        if left_out > 0 {
+        if let (Some(format), true) = (self.format, left_out > 0) {
             let time_ns = crate::kernel::rulemaps::boot_time_ns().unwrap_or(0);
-            print_event(&events::Event { time_ns, cgroup_id, kind: events::Kind::Suppressed(left_out) }, self.format);
+            print_event(&events::Event { time_ns, cgroup_id, kind: events::Kind::Suppressed(left_out) }, format);
         }
+        let mut top: Vec<(String, u64)> = tally.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.truncate(3);
+        top
     }
 }
 

@@ -156,28 +156,40 @@ fn log_follow_shows_a_pinned_policys_events() {
         }
     });
     thread::sleep(Duration::from_millis(300));
-    // A process started after `log`: its rejected connect shows up.
-    let mut probe = Command::new("python3");
-    probe.args([
-        "-c",
-        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), 1)\nexcept OSError:\n    pass\n",
-    ]);
-    common::in_cgroup(&mut probe, &cg.path);
-    let mut child = probe.spawn().unwrap();
-    let pid = child.id() as u64;
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    let mut found = false;
-    while !found && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            found = serde_json::from_str::<Value>(&line).is_ok_and(|e| e["pid"] == pid && e["hook"] == "connect4");
-            seen.push(line);
+    // A process started after `log`: its rejected connect shows up; and
+    // again after `pin --replace` (new ring buffer), which log follows.
+    let connect_and_find = |rx: &mpsc::Receiver<String>| {
+        let mut probe = Command::new("python3");
+        probe.args([
+            "-c",
+            "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), 1)\nexcept OSError:\n    pass\n",
+        ]);
+        common::in_cgroup(&mut probe, &cg.path);
+        let mut child = probe.spawn().unwrap();
+        let pid = child.id() as u64;
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                if serde_json::from_str::<Value>(&line).is_ok_and(|e| e["pid"] == pid && e["hook"] == "connect4") {
+                    return Ok(());
+                }
+                seen.push(line);
+            }
         }
-    }
+        Err(format!("no event of pid {pid}: {seen:?}"))
+    };
+    let first = connect_and_find(&rx);
+    let out =
+        Command::new(CGDROP).args(["pin", "--replace", "--cgroup", &path, "--block", "127.0.0.0/8"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    thread::sleep(Duration::from_millis(1500));
+    let after_replace = connect_and_find(&rx);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(log.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let status = log.wait().unwrap();
-    assert!(found, "no event of pid {pid}: {seen:?}");
+    first.unwrap();
+    after_replace.unwrap();
     assert!(status.success(), "`log --follow` ends cleanly on SIGTERM: {status:?}");
 }
 
@@ -192,4 +204,50 @@ fn log_bad_input() {
     assert!(stderr.contains("no cgdrop policy is pinned"), "{stderr}");
     let out = Command::new(CGDROP).args(["run", "--log-rate", "many", "--", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn an_established_connection_names_its_owner_or_unknown_never_another() {
+    // A TCP connection made before the policy arrives never passed its
+    // connect hook: its egress drops (in process and softirq context) name
+    // no process, or this one — never the process that happens to run.
+    let cg = TestCgroup::new("established");
+    let (_server, port) = Probe::listen(None, "tcp-sink", "127.0.0.1", "20");
+    let go = common::TempPath::new("go");
+    let script = format!(
+        "import os, socket, time\nprint('pid', os.getpid(), flush=True)\ns = socket.create_connection(('127.0.0.1', {port}))\nwhile not os.path.exists('{go}'):\n    time.sleep(0.02)\nfor _ in range(20):\n    try:\n        s.send(b'x' * 100)\n    except OSError:\n        pass\n    time.sleep(0.05)\n",
+        go = go.display()
+    );
+    let mut client = Command::new("python3");
+    client.args(["-c", &script]).stdout(Stdio::piped());
+    common::in_cgroup(&mut client, &cg.path);
+    let mut client = client.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(client.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    let pid = pid_of(&first);
+    let cgdrop = common::Cgdrop::start(&["--cgroup", cg.path.to_str().unwrap(), "--egress", "--log-json"]);
+    std::fs::write(&*go, "").unwrap();
+    client.wait().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    cgdrop.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, stdout, stderr) = cgdrop.wait();
+    let drops: Vec<Value> = json_lines(&stdout).into_iter().filter(|e| e["hook"] == "egress").collect();
+    assert!(!drops.is_empty(), "{stdout}{stderr}");
+    for e in &drops {
+        assert!(e["pid"].is_null() || e["pid"] == pid, "an event names another process: {e}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn run_ends_with_the_most_blocked_destinations() {
+    let script = "import socket\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor dest, n in ((('127.0.0.2', 53), 5), (('127.0.0.3', 80), 2)):\n    for _ in range(n):\n        try:\n            u.sendto(b'x', dest)\n        except OSError:\n            pass\n";
+    let out = Command::new(CGDROP).args(["run", "--", "python3", "-c", script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("most blocked destinations (among the recorded events): 127.0.0.2:53 (5), 127.0.0.3:80 (2)"),
+        "{stderr}"
+    );
 }

@@ -27,7 +27,7 @@ pub fn run(args: &ForegroundArgs, verbose: bool) -> Result<u8> {
     loader::set_verbose(verbose);
     let cgroup = Cgroup::open(location)?;
     let cmd = args.run.as_deref().map(Cmd::Shell);
-    let outcome = session(policy, &cgroup, cmd, args.interval, log_format(&args.log))?;
+    let outcome = session(policy, &cgroup, cmd, args.interval, log_format(&args.log), false)?;
     print_summary(&outcome, &cgroup, args.json)?;
     if outcome.left_unfiltered > 0 {
         output::warn(format_args!(
@@ -53,10 +53,14 @@ pub fn run_command(args: &RunArgs, verbose: bool) -> Result<u8> {
     loader::set_verbose(verbose);
     let cgroup = Cgroup::create_run()?;
     let cmd = Cmd::Argv { argv: &args.command, user: user.as_ref(), keep_fds: &args.keep_fds };
-    let outcome = session(policy, &cgroup, Some(cmd), args.interval, log_format(&args.log))?;
+    let outcome = session(policy, &cgroup, Some(cmd), args.interval, log_format(&args.log), true)?;
     print_summary(&outcome, &cgroup, args.json)?;
     if let Some(line) = output::explain(&outcome.stats, &outcome.policy) {
         crate::say!("{line}");
+        if !outcome.top_blocked.is_empty() {
+            let top: Vec<String> = outcome.top_blocked.iter().map(|(to, n)| format!("{to} ({n})")).collect();
+            crate::say!("cgdrop: most blocked destinations (among the recorded events): {}", top.join(", "));
+        }
     }
     // Removed here rather than on drop, so that a failure is an error.
     let path = cgroup.path.clone();

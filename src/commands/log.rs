@@ -2,7 +2,10 @@
 //! their pinned ring buffers (each event is read once), and `--follow`ed.
 use std::{
     path::Path,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 use anyhow::{Context, Result};
@@ -14,10 +17,7 @@ use crate::{
 
 pub fn run(args: &LogArgs) -> Result<()> {
     preflight::check()?;
-    let policies = match args.cgroup.as_deref() {
-        Some(c) => vec![Pinned::find(c)?],
-        None => Pinned::list()?,
-    };
+    let policies = select(args.cgroup.as_deref())?;
     if policies.is_empty() {
         crate::say!("cgdrop: no pinned cgdrop policies");
         return Ok(());
@@ -27,12 +27,40 @@ pub fn run(args: &LogArgs) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
     let format = if args.json { EventFormat::Json } else { EventFormat::Text };
-    let rings: Vec<_> = policies.iter().map(ring_of).collect::<Result<_>>()?;
-    // Text goes to stdout here: the log is what this command prints.
-    events::follow(&rings, args.follow, &stop, |e| match format {
+    let print = |e: events::Event| match format {
+        // Text goes to stdout here: the log is what this command prints.
         EventFormat::Text => crate::outln!("{}", crate::output::event(&e, format)),
         EventFormat::Json => print_event(&e, format),
-    })?;
+    };
+    let mut policies = policies;
+    loop {
+        let rings: Vec<_> = policies.iter().map(ring_of).collect::<Result<_>>()?;
+        // Followed until stopped, or until the policies change (`pin
+        // --replace` makes new ring buffers; a new pin or an unpin changes
+        // the set): then they are looked up again.
+        let seen = identity(&policies);
+        let mut checked = std::time::Instant::now();
+        let mut changed = false;
+        events::follow_while(
+            &rings,
+            args.follow,
+            || {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                if checked.elapsed() >= std::time::Duration::from_secs(1) {
+                    checked = std::time::Instant::now();
+                    changed = select(args.cgroup.as_deref()).is_ok_and(|now| identity(&now) != seen);
+                }
+                !changed
+            },
+            print,
+        )?;
+        if !changed || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        policies = select(args.cgroup.as_deref())?;
+    }
     for p in &policies {
         let left_out = events::unreported_suppressed(&p.event_budget);
         if left_out > 0 {
@@ -44,6 +72,18 @@ pub fn run(args: &LogArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn select(cgroup: Option<&Path>) -> Result<Vec<Pinned>> {
+    match cgroup {
+        Some(c) => Ok(vec![Pinned::find(c)?]),
+        None => Pinned::list(),
+    }
+}
+
+/// What identifies the set of policies followed: directory and pin time.
+fn identity(policies: &[Pinned]) -> Vec<(std::path::PathBuf, u64)> {
+    policies.iter().map(|p| (p.dir.clone(), p.pinned_boot_ns)).collect()
 }
 
 fn ring_of(p: &Pinned) -> Result<libbpf_rs::MapHandle> {

@@ -144,7 +144,17 @@ impl Event {
 /// Follows the `events` ring buffers of `maps`, calling `each` for every
 /// event, until `stop` is set (then what is left is read, and it returns).
 /// `follow` = false: reads what is there and returns.
-pub fn follow(maps: &[MapHandle], follow: bool, stop: &Arc<AtomicBool>, mut each: impl FnMut(Event)) -> Result<()> {
+pub fn follow(maps: &[MapHandle], follow: bool, stop: &Arc<AtomicBool>, each: impl FnMut(Event)) -> Result<()> {
+    follow_while(maps, follow, || !stop.load(Ordering::Relaxed), each)
+}
+
+/// As `follow`, until `go_on` says no (asked after every wait of 100 ms).
+pub fn follow_while(
+    maps: &[MapHandle],
+    follow: bool,
+    mut go_on: impl FnMut() -> bool,
+    mut each: impl FnMut(Event),
+) -> Result<()> {
     let mut builder = RingBufferBuilder::new();
     let queue = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     for map in maps {
@@ -160,7 +170,7 @@ pub fn follow(maps: &[MapHandle], follow: bool, stop: &Arc<AtomicBool>, mut each
     }
     let ring = builder.build().context("reading the events ring buffer")?;
     loop {
-        let done = !follow || stop.load(Ordering::Relaxed);
+        let done = !follow || !go_on();
         if done {
             ring.consume().context("reading events")?;
         } else {

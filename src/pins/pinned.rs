@@ -72,7 +72,7 @@ pub struct Pinned {
     /// The cgroup path recorded at pin time.
     pub cgroup_path: String,
     pub pinned_at: u64,
-    pinned_boot_ns: u64,
+    pub pinned_boot_ns: u64,
     pub stats: MapHandle,
     pub rules_v4: MapHandle,
     pub rules_v6: MapHandle,
