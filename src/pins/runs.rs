@@ -38,20 +38,20 @@ impl RunPins {
     /// every link.
     pub fn pin(skel: &mut CgdropSkel<'_>, links: &mut [(Hook, Link)], cgroup: &Cgroup) -> Result<Self> {
         bpffs::prepare_root()?;
-        let runs = runs_dir();
-        if !runs.exists() {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&runs)
-                .or_else(|e| if runs.is_dir() { Ok(()) } else { Err(e) })
-                .with_context(|| format!("creating {}", runs.display()))?;
-        }
-        let dir = runs.join(cgroup.id.to_string());
+        let dir = runs_dir().join(cgroup.id.to_string());
         if dir.exists() {
             // A cgroup id is an inode number: one of a cgroup long gone can come back.
             fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
         }
-        fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // `runs` too, if missing: the end of another session may just have removed it.
+        let mut made = Ok(());
+        for _ in 0..3 {
+            made = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+            if made.is_ok() {
+                break;
+            }
+        }
+        made.with_context(|| format!("creating {}", dir.display()))?;
         let me = Self { dir };
         write_info(skel, cgroup)?;
         let info = me.dir.join("info");
@@ -63,9 +63,12 @@ impl RunPins {
         Ok(me)
     }
 
-    /// Removes the pins: with cgroup empty, the policy can go.
+    /// Removes the pins: with cgroup empty, the policy can go. `runs` goes
+    /// too when it is empty (it fails harmlessly while others are in it).
     pub fn remove(self) -> Result<()> {
-        remove(&self.dir)
+        remove(&self.dir)?;
+        let _ = fs::remove_dir(runs_dir());
+        Ok(())
     }
 }
 
@@ -89,7 +92,9 @@ pub struct Found {
 
 impl Found {
     pub fn remove(&self) -> Result<()> {
-        remove(&self.dir)
+        remove(&self.dir)?;
+        let _ = fs::remove_dir(runs_dir());
+        Ok(())
     }
 }
 
