@@ -89,6 +89,19 @@ struct {
 	__type(value, struct cgdrop_info);
 } info SEC(".maps");
 
+/*
+ * Per-rule hit counters, per CPU (exact without locked instructions across
+ * CPUs), created on a rule's first hit; userspace deletes a rule's entry
+ * with the rule.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 2 * CGDROP_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cgdrop_rule_ref);
+	__type(value, struct cgdrop_hits);
+} rule_hits SEC(".maps");
+
 /* Drop and reject events for `cgdrop log`, `--log` and `--log-json`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -165,6 +178,8 @@ struct match {
 	__u16 port;
 	/* enum cgdrop_reason */
 	__u8 reason;
+	/* A live rule decided (its prefixlen and port are above). */
+	__u8 found;
 };
 
 /* A matching rule that has not expired: its action; otherwise 0. */
@@ -202,6 +217,7 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 		if (action) {
 			m->prefixlen = r->prefixlen;
 			m->expires_ns = r->expires_ns;
+			m->found = 1;
 			return action;
 		}
 		if (r->prefixlen <= CGDROP_PORT_BITS)
@@ -237,6 +253,35 @@ static __always_inline bool v4_mapped(const __u8 *addr)
 	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
 }
 
+/* One more hit for the rule that decided: its address is `addr` with the host bits cleared. */
+static __always_inline void count_hit(__u8 family, const __u8 *addr, struct match *m)
+{
+	struct cgdrop_rule_ref ref = { .prefixlen = m->prefixlen, .port = bpf_htons(m->port), .family = family };
+	__u32 bits = m->prefixlen - CGDROP_PORT_BITS;
+	__u32 len = family == 4 ? 4 : 16;
+	struct cgdrop_hits *h, first;
+	__u64 now = bpf_ktime_get_boot_ns();
+
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		__u32 left = bits > (__u32)i * 8 ? bits - i * 8 : 0;
+
+		if (i >= len || !left)
+			break;
+		ref.addr[i] = left >= 8 ? addr[i] : addr[i] & (__u8)(0xff << (8 - left));
+	}
+	h = bpf_map_lookup_elem(&rule_hits, &ref);
+	if (h) {
+		/* Per-CPU, but a softirq can interrupt this program on the same CPU. */
+		__sync_fetch_and_add(&h->hits, 1);
+		h->last_ns = now;
+		return;
+	}
+	first.hits = 1;
+	first.last_ns = now;
+	bpf_map_update_elem(&rule_hits, &ref, &first, BPF_NOEXIST);
+}
+
 /*
  * Does the policy drop traffic with this remote address and port (host
  * order, 0 = none)? A rule with the port beats one without.
@@ -266,6 +311,8 @@ static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 po
 		if (!action)
 			action = lookup_v6(0, addr, &now, m);
 	}
+	if (m->found)
+		count_hit(family, addr, m);
 	if (action == CGDROP_ACTION_ALLOW)
 		return false;
 	if (action == CGDROP_ACTION_DENY) {

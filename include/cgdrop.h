@@ -161,6 +161,25 @@ struct cgdrop_event {
 	char comm[16];
 };
 
+/*
+ * Key of the per-CPU `rule_hits` map: one rule (the family, the key's
+ * prefixlen with the port bits, the port in network order, the address with
+ * its host bits cleared).
+ */
+struct cgdrop_rule_ref {
+	__u32 prefixlen;
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+	__u8 addr[16];
+};
+
+/* Value of `rule_hits`: packets and calls the rule decided, and when it last did (CLOCK_BOOTTIME). */
+struct cgdrop_hits {
+	__u64 hits;
+	__u64 last_ns;
+};
+
 /* Value of the per-CPU `event_budget` map: this CPU's current one-second window. */
 struct cgdrop_budget {
 	__u64 window_ns;

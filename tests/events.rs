@@ -251,3 +251,44 @@ fn run_ends_with_the_most_blocked_destinations() {
         "{stderr}"
     );
 }
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn per_rule_hits_equal_the_rejected_connects() {
+    let cg = TestCgroup::new("hits");
+    let path = cg.path.to_str().unwrap().to_string();
+    struct Unpin(String);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
+        }
+    }
+    let out = Command::new(CGDROP)
+        .args(["pin", "--cgroup", &path, "--block", "127.61.0.0/16", "--block", "127.62.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _unpin = Unpin(path.clone());
+    for (addr, n) in [("127.61.0.5", 3), ("127.62.0.1", 5)] {
+        for _ in 0..n {
+            let r = Probe::run(Some(&cg), &["tcp-connect", addr, "9", "1"]);
+            assert_eq!(r["result"], "EPERM", "{r}");
+        }
+    }
+    let list = Command::new(CGDROP).args(["rule", "list", "--cgroup", &path, "--json"]).output().unwrap();
+    let rules: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    let hits = |rule: &str| rules.iter().find(|r| r["rule"] == rule).map(|r| r["hits"].as_u64().unwrap());
+    assert_eq!((hits("127.61.0.0/16"), hits("127.62.0.1/32")), (Some(3), Some(5)), "{rules:?}");
+    let stats: Vec<Value> = serde_json::from_slice(
+        &Command::new(CGDROP).args(["stats", "--cgroup", &path, "--json"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    assert_eq!(stats[0]["rules"][0]["rule"], "127.62.0.1/32", "most hits first: {}", stats[0]);
+    assert_eq!(stats[0]["rules"][0]["hits"], 5);
+    let prom = Command::new(CGDROP).args(["stats", "--cgroup", &path, "--prometheus"]).output().unwrap();
+    let prom = String::from_utf8_lossy(&prom.stdout);
+    assert!(
+        prom.contains(&format!("cgdrop_rule_hits_total{{cgroup=\"{path}\",rule=\"deny 127.61.0.0/16\"}} 3")),
+        "{prom}"
+    );
+}

@@ -21,7 +21,10 @@ use crate::{
     cli::StatsArgs,
     commands::rule,
     host::preflight,
-    kernel::stats::{self, Stats},
+    kernel::{
+        hits,
+        stats::{self, Stats},
+    },
     output::{self, Rates, Redraw},
     pins::{bpffs, pinned::Pinned},
     rules::Action,
@@ -130,8 +133,12 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     }
     // (name, cgroup id, counters, dry run)
     let mut rows: Vec<(String, u64, Stats, bool)> = Vec::new();
+    // Per policy: its most used rules, at most TOP_RULES (a million-rule
+    // policy must not make a million labels).
+    let mut top_rules: Vec<Vec<RuleHitsJson>> = Vec::new();
     for p in &policies {
         rows.push((p.cgroup_path.clone(), p.id, stats::read(&p.stats)?, p.config()?.dry_run));
+        top_rules.push(most_used_rules(p)?);
     }
     // The programs of `pin --programs`, attached by hand: counted over every
     // cgroup they are attached to.
@@ -142,11 +149,34 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         rows.push((format!("(pinned programs: {})", progs.display()), 0, stats::read(&map)?, false));
     }
     if args.json {
-        let all: Vec<stats::Summary<'_>> =
-            rows.iter().map(|(name, id, s, _)| stats::Summary { cgroup: name, cgroup_id: *id, stats: *s }).collect();
+        let all: Vec<StatsJson<'_>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (name, id, s, _))| StatsJson {
+                summary: stats::Summary { cgroup: name, cgroup_id: *id, stats: *s },
+                rules: top_rules.get(i).map(Vec::as_slice).unwrap_or_default(),
+            })
+            .collect();
         crate::outln!("{}", serde_json::to_string(&all)?);
     } else if args.prometheus {
-        crate::out_raw!("{}", prometheus(&rows.iter().map(|(name, _, s, _)| (name.as_str(), s)).collect::<Vec<_>>()));
+        let mut text = prometheus(&rows.iter().map(|(name, _, s, _)| (name.as_str(), s)).collect::<Vec<_>>());
+        let _ = writeln!(
+            text,
+            "# HELP cgdrop_rule_hits_total Packets and calls a rule decided (the {TOP_RULES} most used rules per policy).\n# TYPE cgdrop_rule_hits_total counter"
+        );
+        for ((name, ..), rules) in rows.iter().zip(&top_rules) {
+            for r in rules {
+                let _ = writeln!(
+                    text,
+                    "cgdrop_rule_hits_total{{cgroup=\"{}\",rule=\"{} {}\"}} {}",
+                    label(name),
+                    r.action,
+                    r.rule,
+                    r.hits
+                );
+            }
+        }
+        crate::out_raw!("{text}");
     } else {
         for (name, id, s, dry_run) in &rows {
             crate::outln!("{name} (id {id})");
@@ -154,6 +184,46 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many rules per policy `stats` shows with their hits.
+const TOP_RULES: usize = 100;
+
+#[derive(Serialize)]
+struct RuleHitsJson {
+    action: String,
+    rule: String,
+    hits: u64,
+    /// null = never.
+    last_hit_secs_ago: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StatsJson<'a> {
+    #[serde(flatten)]
+    summary: stats::Summary<'a>,
+    /// The most used rules (at most TOP_RULES), most hits first.
+    rules: &'a [RuleHitsJson],
+}
+
+/// The policy's rules with hits, most hits first, at most TOP_RULES.
+fn most_used_rules(p: &Pinned) -> Result<Vec<RuleHitsJson>> {
+    let now_ns = crate::kernel::rulemaps::boot_time_ns()?;
+    let mut out: Vec<RuleHitsJson> = rule::live_rules(p)?
+        .entries
+        .iter()
+        .map(|e| (e, hits::of(&p.rule_hits, &e.target)))
+        .filter(|(_, h)| h.hits > 0)
+        .map(|(e, h)| RuleHitsJson {
+            action: e.action.to_string(),
+            rule: e.target.to_string(),
+            hits: h.hits,
+            last_hit_secs_ago: Some(now_ns.saturating_sub(h.last_ns) / 1_000_000_000),
+        })
+        .collect();
+    out.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.rule.cmp(&b.rule)));
+    out.truncate(TOP_RULES);
+    Ok(out)
 }
 
 /// Escapes a Prometheus label value.

@@ -20,7 +20,10 @@ use serde::Serialize;
 use crate::{
     cli::RuleCommand,
     host::preflight,
-    kernel::rulemaps::{self, Entry, Installed, RuleMaps},
+    kernel::{
+        hits,
+        rulemaps::{self, Entry, Installed, RuleMaps},
+    },
     output::format_secs,
     pins::pinned::Pinned,
     rules::{Action, Target},
@@ -118,6 +121,7 @@ fn del(cgroup: &Path, words: &[String]) -> Result<()> {
     match maps.get(&target)? {
         Some(existing) if action.is_none_or(|a| a == existing.action) => {
             maps.delete(&target)?;
+            hits::forget(&p.rule_hits, &target);
             crate::say!("cgdrop: deleted {} {target} on {}", existing.action, p.cgroup_path);
             Ok(())
         }
@@ -143,6 +147,10 @@ struct RuleJson {
     expires_in_secs: Option<u64>,
     /// Added with `rule add` (`pin --replace` carries it over).
     added_live: bool,
+    /// Packets and calls the rule decided.
+    hits: u64,
+    /// null = never.
+    last_hit_secs_ago: Option<u64>,
 }
 
 fn list(cgroup: &Path, json: bool) -> Result<()> {
@@ -154,11 +162,16 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
         let out: Vec<RuleJson> = rules
             .entries
             .iter()
-            .map(|e| RuleJson {
-                action: e.action.to_string(),
-                rule: e.target.to_string(),
-                expires_in_secs: left(e.expires_ns),
-                added_live: e.live,
+            .map(|e| {
+                let h = hits::of(&p.rule_hits, &e.target);
+                RuleJson {
+                    action: e.action.to_string(),
+                    rule: e.target.to_string(),
+                    expires_in_secs: left(e.expires_ns),
+                    added_live: e.live,
+                    hits: h.hits,
+                    last_hit_secs_ago: (h.last_ns != 0).then(|| now_ns.saturating_sub(h.last_ns) / 1_000_000_000),
+                }
             })
             .collect();
         crate::outln!("{}", serde_json::to_string(&out)?);
@@ -169,7 +182,13 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
     for e in &rules.entries {
         let ttl = left(e.expires_ns).map_or("never expires".to_string(), |s| format!("expires in {}", format_secs(s)));
         let live = if e.live { " (rule add)" } else { "" };
-        crate::outln!("{:<5} {:<44} {ttl}{live}", e.action, e.target.to_string());
+        let h = hits::of(&p.rule_hits, &e.target);
+        let last = if h.last_ns == 0 {
+            String::new()
+        } else {
+            format!(", last {}", crate::output::age(now_ns.saturating_sub(h.last_ns) / 1_000_000_000))
+        };
+        crate::outln!("{:<5} {:<44} {ttl}{live}; {} hits{last}", e.action, e.target.to_string(), h.hits);
     }
     Ok(())
 }

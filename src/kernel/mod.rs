@@ -3,6 +3,7 @@
 //! knows about the command line or about bpffs.
 pub mod config;
 pub mod events;
+pub mod hits;
 pub mod loader;
 pub mod rulemaps;
 pub mod stats;

@@ -42,6 +42,7 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
         ("info", &mut m.info),
         ("events", &mut m.events),
         ("event_budget", &mut m.event_budget),
+        ("rule_hits", &mut m.rule_hits),
     ] {
         let path = dir.join(name);
         map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
@@ -78,6 +79,7 @@ pub struct Pinned {
     pub rules_v6: MapHandle,
     pub events: MapHandle,
     pub event_budget: MapHandle,
+    pub rule_hits: MapHandle,
     rodata: MapHandle,
     bss: MapHandle,
 }
@@ -138,6 +140,7 @@ impl Pinned {
             rules_v6: open_map(dir, "rules_v6")?,
             events: open_map(dir, "events")?,
             event_budget: open_map(dir, "event_budget")?,
+            rule_hits: open_map(dir, "rule_hits")?,
             rodata: open_map(dir, "rodata")?,
             bss: open_map(dir, "bss")?,
         })
