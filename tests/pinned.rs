@@ -210,7 +210,8 @@ fn expired_rules_are_deleted_when_touched() {
     let list: Vec<Value> = serde_json::from_str(&ok(&["rule", "list", "--cgroup", path, "--json"])).unwrap();
     assert_eq!(
         list,
-        vec![json!({"action": "deny", "rule": "192.0.2.1/32", "expires_in_secs": null, "added_live": false})]
+        vec![json!({"action": "deny", "rule": "192.0.2.1/32", "expires_in_secs": null, "added_live": false,
+            "hits": 0, "last_hit_secs_ago": null})]
     );
 }
 
