@@ -6,7 +6,8 @@
 //! - `kernel`: skeleton, config layout, loading and attaching, rule tries,
 //!   counters; `host`: the cgroup, preflight checks, the command's process;
 //! - `pins`: bpffs and cgdrop's directory there, one pinned policy;
-//! - `output`: everything the user reads; `session`: the attached-session loop;
+//! - `output`: everything the user reads; `session`: the attached-session loop,
+//!   `eventlog`: its events;
 //! - `commands`: one module per subcommand and the dispatcher `main` calls.
 //!
 //! Data flows one way: `cli` → `Policy` → `kernel::loader` (open, rodata,
@@ -14,6 +15,7 @@
 //! counters read back by `kernel::stats`.
 pub mod cli;
 pub mod commands;
+pub mod eventlog;
 pub mod host;
 pub mod kernel;
 pub mod output;

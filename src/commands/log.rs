@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::{
-    cli::LogArgs, host::preflight, kernel::events, output::EventFormat, pins::pinned::Pinned, session::print_event,
+    cli::LogArgs, eventlog::print_event, host::preflight, kernel::events, output::EventFormat, pins::pinned::Pinned,
 };
 
 pub fn run(args: &LogArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! What cgdrop finds on the host and does to it outside BPF: the cgroup,
 //! the preflight checks, the command's process.
 pub mod cgroup;
+mod child;
 pub mod preflight;
 pub mod process;
 pub mod tree;

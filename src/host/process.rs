@@ -103,23 +103,23 @@ const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// The highest capability number there can be (the bounding set is dropped up to it;
 /// numbers the kernel does not know fail with EINVAL, which ends the loop).
-const CAP_LAST: i32 = 63;
+pub(super) const CAP_LAST: i32 = 63;
 
 /// Everything the child needs, prepared before the clone: after it, only
 /// async-signal-safe syscalls on this memory (no allocation, no locks).
-struct Prepared {
-    program: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+pub(super) struct Prepared {
+    pub(super) program: CString,
+    pub(super) argv: Vec<CString>,
+    pub(super) envp: Vec<CString>,
     /// uid, gid, supplementary groups of --user.
-    ids: Option<(u32, u32, Vec<nix::libc::gid_t>)>,
+    pub(super) ids: Option<(u32, u32, Vec<nix::libc::gid_t>)>,
     /// The stdio descriptors to give the command (own open file descriptions).
-    stdio: [Option<OwnedFd>; 3],
+    pub(super) stdio: [Option<OwnedFd>; 3],
     /// Sorted.
-    keep_fds: Vec<i32>,
+    pub(super) keep_fds: Vec<i32>,
     /// The highest descriptor number there can be (for the close_range fallback).
-    max_fd: u32,
-    sandbox: bool,
+    pub(super) max_fd: u32,
+    pub(super) sandbox: bool,
 }
 
 /// Starts the command inside the cgroup with clone3(CLONE_INTO_CGROUP): it
@@ -148,12 +148,12 @@ pub fn spawn_in_cgroup(cmd: &Cmd<'_>, cgroup: &Cgroup) -> Result<Child> {
         ..CloneArgs::default()
     };
     // SAFETY: clone3 without CLONE_VM is a fork; the child runs only
-    // `child_exec`, which makes raw syscalls on memory prepared above and
+    // `child::exec`, which makes raw syscalls on memory prepared above and
     // never returns.
     let pid = unsafe { nix::libc::syscall(nix::libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
     if pid == 0 {
-        // SAFETY: in the child; see child_exec.
-        unsafe { child_exec(&p, &argv, &envp, err_pipe.1.as_raw_fd(), parent, cgroup.raw_fd()) }
+        // SAFETY: in the child; see child::exec.
+        unsafe { super::child::exec(&p, &argv, &envp, err_pipe.1.as_raw_fd(), parent, cgroup.raw_fd()) }
     }
     if pid < 0 {
         return Err(std::io::Error::last_os_error())
@@ -277,103 +277,6 @@ fn find_program(name: &std::ffi::OsStr, sandbox: bool) -> Result<std::path::Path
     }
     let on = if sandbox { format!("the PATH of --user commands ({SAFE_PATH})") } else { "PATH".to_string() };
     bail!("command not found: {}: give a path or a program on {on}", Path::new(name).display())
-}
-
-/// Marks descriptors `from..=to` close-on-exec: close_range(2) with
-/// CLOSE_RANGE_CLOEXEC (Linux 5.11), else one fcntl per descriptor up to
-/// `max_fd` (the open-files limit, read before the clone).
-///
-/// # Safety
-/// Raw syscalls only; safe between clone and exec.
-unsafe fn cloexec_range(from: u32, to: u32, max_fd: u32) {
-    use nix::libc;
-    if libc::syscall(libc::SYS_close_range, from, to, libc::CLOSE_RANGE_CLOEXEC) == 0 {
-        return;
-    }
-    for fd in from..=to.min(max_fd) {
-        let flags = libc::fcntl(fd as i32, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd as i32, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
-    }
-}
-
-/// The child between clone3 and exec. Only raw syscalls; on failure the
-/// errno goes to `err_fd` and the child exits 127.
-///
-/// # Safety
-/// Must only be called in the child of clone3, with pointers into memory
-/// that was prepared before the clone.
-unsafe fn child_exec(
-    p: &Prepared,
-    argv: &[*const nix::libc::c_char],
-    envp: &[*const nix::libc::c_char],
-    err_fd: i32,
-    parent: nix::libc::pid_t,
-    cgroup_fd: i32,
-) -> ! {
-    use nix::libc;
-    // The copy of the cgroup's descriptor would hold cgdrop's owner lock
-    // (flock is per open file description) until exec: a cleanup after a
-    // killed cgdrop would then take the cgroup for a live one.
-    libc::close(cgroup_fd);
-    let fail = |err: i32| -> ! {
-        let bytes = err.to_ne_bytes();
-        libc::write(err_fd, bytes.as_ptr().cast(), 4);
-        libc::_exit(127)
-    };
-    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-    if p.sandbox && libc::setsid() < 0 {
-        fail(errno());
-    }
-    for (fd, own) in p.stdio.iter().enumerate() {
-        if let Some(own) = own {
-            if libc::dup2(own.as_raw_fd(), fd as i32) < 0 {
-                fail(errno());
-            }
-        }
-    }
-    // Descriptors above stderr are closed at exec, but those kept on request;
-    // close-on-exec rather than closed, so that err_fd works until exec.
-    // `keep_fds` is sorted; sorting here would allocate.
-    let mut from: u32 = 3;
-    for &fd in p.keep_fds.iter().filter(|&&fd| fd >= 3) {
-        let fd = fd as u32;
-        if fd > from {
-            cloexec_range(from, fd - 1, p.max_fd);
-        }
-        let flags = libc::fcntl(fd as i32, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd as i32, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-        }
-        from = fd + 1;
-    }
-    cloexec_range(from, u32::MAX, p.max_fd);
-    if let Some((uid, gid, groups)) = &p.ids {
-        // Capabilities can no longer be regained (setuid binaries included).
-        for cap in 0..=CAP_LAST {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
-                break;
-            }
-        }
-        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 || libc::setuid(*uid) != 0 {
-            fail(errno());
-        }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(errno());
-        }
-    }
-    // Not the guarantee (the policy is pinned while the command runs), but
-    // a command should not outlive a cgdrop that can no longer report on it.
-    // Set after setuid, which clears it; then check cgdrop is still there.
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-        fail(errno());
-    }
-    if libc::getppid() != parent {
-        fail(libc::ESRCH);
-    }
-    libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(errno())
 }
 
 /// Makes `cmd` move itself into the cgroup at `path` between fork and exec

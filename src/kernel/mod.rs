@@ -5,6 +5,7 @@ pub mod config;
 pub mod events;
 pub mod hits;
 pub mod loader;
+pub mod rulekeys;
 pub mod rulemaps;
 pub mod stats;
 
