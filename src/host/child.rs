@@ -81,7 +81,13 @@ pub(super) unsafe fn exec(
                 break;
             }
         }
-        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 || libc::setuid(*uid) != 0 {
+        // Raw syscalls, not glibc's wrappers: after a raw clone3 glibc still
+        // counts the parent's threads and would wait for them to change their
+        // ids too (its setxid broadcast), forever. This child is one thread.
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) != 0
+            || libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) != 0
+        {
             fail(errno());
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
