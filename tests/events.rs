@@ -14,6 +14,15 @@ use std::{
 use common::{Probe, TestCgroup, CGDROP};
 use serde_json::Value;
 
+/// Unpins a test cgroup's policy on drop, also when the test fails.
+struct Unpin(String);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
+    }
+}
+
 /// The JSON lines of a stdout that also holds the command's own output.
 fn json_lines(stdout: &str) -> Vec<Value> {
     stdout.lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -133,12 +142,6 @@ fn a_flood_is_budgeted_and_nothing_is_lost_silently() {
 fn log_follow_shows_a_pinned_policys_events() {
     let cg = TestCgroup::new("log");
     let path = cg.path.to_str().unwrap().to_string();
-    struct Unpin(String);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
-        }
-    }
     let out = Command::new(CGDROP).args(["pin", "--cgroup", &path, "--block", "127.0.0.0/8"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _unpin = Unpin(path.clone());
@@ -257,12 +260,6 @@ fn run_ends_with_the_most_blocked_destinations() {
 fn per_rule_hits_equal_the_rejected_connects() {
     let cg = TestCgroup::new("hits");
     let path = cg.path.to_str().unwrap().to_string();
-    struct Unpin(String);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
-        }
-    }
     let out = Command::new(CGDROP)
         .args(["pin", "--cgroup", &path, "--block", "127.61.0.0/16", "--block", "127.62.0.1"])
         .output()
