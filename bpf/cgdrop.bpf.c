@@ -125,9 +125,13 @@ struct {
 } event_budget SEC(".maps");
 
 /*
- * Who uses a socket: recorded by the connect/sendmsg hooks, which run in the
- * caller's context, and read back by the skb hooks, which often run in
- * softirq context where the current task is not the socket's owner.
+ * Who uses a socket: recorded by the sock_create hook (the creator) and the
+ * connect/sendmsg hooks (the caller, which may be another process the socket
+ * was passed to), all of which run in the process's context, and read back by
+ * the skb hooks, which often run in softirq context where the current task is
+ * not the socket's owner. No BPF_F_CLONE: a socket accepted from a listener
+ * would inherit the listener's creator, which for a pre-forking server is not
+ * the process that accepted it, so accepted sockets stay "unknown".
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -694,15 +698,15 @@ int cgdrop_egress(struct __sk_buff *skb)
  * programs would drop: a TCP handshake fails if either direction is dropped;
  * a UDP connect() or sendmsg() only matters when egress is dropped.
  */
-/* Records the calling process as the socket's owner, for the skb programs' events. */
-static __always_inline void record_owner(struct bpf_sock_addr *ctx)
+/* Records the calling process as the owner of `sk`, for the skb programs' events. */
+static __always_inline void record_owner(void *sk)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct cgdrop_owner *o;
 
 	if (!cfg.events_per_cpu)
 		return;
-	o = bpf_sk_storage_get(&owners, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	o = bpf_sk_storage_get(&owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o || o->pid == (__u32)pid_tgid)
 		return;
 	o->pid = (__u32)pid_tgid;
@@ -755,7 +759,9 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 
 	if (c)
 		count(&c->packets, 1);
-	record_owner(ctx);
+	/* Checked here too: the verifier then never sees the ctx->sk read with events off. */
+	if (cfg.events_per_cpu)
+		record_owner(ctx->sk);
 	/* The outgoing interface is not known at connect() time: never reject then. */
 	if (cfg.ifindex || !cfg.directions || (cfg.modes & CGDROP_MODE_SILENT))
 		return 1;
@@ -809,6 +815,19 @@ SEC("cgroup/sendmsg6")
 int cgdrop_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return sock_addr_verdict(ctx, CGDROP_STAT_SENDMSG6, 6);
+}
+
+/*
+ * Names the creator of every socket made in the cgroup (attached only when
+ * events are on), so that drops of sockets that never connect or send to an
+ * address (a UDP server's replies, a bound receiver's datagrams) name it.
+ * Never refuses a socket.
+ */
+SEC("cgroup/sock_create")
+int cgdrop_sock_create(struct bpf_sock *sk)
+{
+	record_owner(sk);
+	return 1;
 }
 
 #ifndef CGDROP_NO_TEST_PROGRAMS

@@ -208,7 +208,15 @@ fn detaches_on(sig: Signal) {
     progs.sort();
     assert_eq!(
         progs,
-        ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_ingress", "cgdrop_sendmsg4", "cgdrop_sendmsg6"]
+        [
+            "cgdrop_connect4",
+            "cgdrop_connect6",
+            "cgdrop_egress",
+            "cgdrop_ingress",
+            "cgdrop_sendmsg4",
+            "cgdrop_sendmsg6",
+            "cgdrop_sock_create"
+        ]
     );
     cgdrop.signal(sig);
     let (status, _, stderr) = cgdrop.wait();

@@ -289,3 +289,48 @@ fn per_rule_hits_equal_the_rejected_connects() {
         "{prom}"
     );
 }
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn an_ingress_drop_names_the_receiver_that_never_sent() {
+    // A UDP receiver made after the policy never connects or sends: only
+    // the sock_create hook saw it. Its dropped datagrams name it.
+    let cg = TestCgroup::new("receiver");
+    let path = cg.path.to_str().unwrap().to_string();
+    let out =
+        Command::new(CGDROP).args(["pin", "--cgroup", &path, "--ingress", "--block", "127.0.0.0/8"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _unpin = Unpin(path.clone());
+    let go = common::TempPath::new("receiver-done");
+    let script = format!(
+        "import os, socket, time\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nu.bind(('127.0.0.1', 0))\nprint('pid', os.getpid(), flush=True)\nprint('port', u.getsockname()[1], flush=True)\nwhile not os.path.exists('{go}'):\n    time.sleep(0.02)\n",
+        go = go.display()
+    );
+    let mut receiver = Command::new("python3");
+    receiver.args(["-c", &script]).stdout(Stdio::piped());
+    common::in_cgroup(&mut receiver, &cg.path);
+    let mut receiver = receiver.spawn().unwrap();
+    let mut out = BufReader::new(receiver.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let pid = pid_of(&first);
+    let port: u16 = second.trim().strip_prefix("port ").unwrap().parse().unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        sender.send_to(b"hello", ("127.0.0.1", port)).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    std::fs::write(&*go, "").unwrap();
+    receiver.wait().unwrap();
+    let log = Command::new(CGDROP).args(["log", "--json", "--cgroup", &path]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&log.stdout);
+    let drops: Vec<Value> = json_lines(&stdout)
+        .into_iter()
+        .filter(|e| e["hook"] == "ingress" && e["local_port"].as_u64() == Some(port.into()))
+        .collect();
+    assert_eq!(drops.len(), 3, "{stdout}{}", String::from_utf8_lossy(&log.stderr));
+    for e in &drops {
+        assert_eq!((e["pid"].as_u64(), e["comm"].as_str()), (Some(pid), Some("python3")), "{e}");
+    }
+}

@@ -69,10 +69,17 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-const EGRESS_HOOKS: [&str; 5] =
-    ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_sendmsg4", "cgdrop_sendmsg6"];
-const BOTH_HOOKS: [&str; 6] =
-    ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_ingress", "cgdrop_sendmsg4", "cgdrop_sendmsg6"];
+const EGRESS_HOOKS: [&str; 6] =
+    ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_sendmsg4", "cgdrop_sendmsg6", "cgdrop_sock_create"];
+const BOTH_HOOKS: [&str; 7] = [
+    "cgdrop_connect4",
+    "cgdrop_connect6",
+    "cgdrop_egress",
+    "cgdrop_ingress",
+    "cgdrop_sendmsg4",
+    "cgdrop_sendmsg6",
+    "cgdrop_sock_create",
+];
 
 #[test]
 #[ignore = "needs root: `make test` runs it as root"]

@@ -81,11 +81,13 @@ pub enum Hook {
     Connect6,
     Sendmsg4,
     Sendmsg6,
+    /// Records each new socket's creator for the events (only with events on).
+    SockCreate,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] =
-        [Hook::Ingress, Hook::Egress, Hook::Connect4, Hook::Connect6, Hook::Sendmsg4, Hook::Sendmsg6];
+    pub const ALL: [Hook; 7] =
+        [Hook::Ingress, Hook::Egress, Hook::Connect4, Hook::Connect6, Hook::Sendmsg4, Hook::Sendmsg6, Hook::SockCreate];
 
     /// Short name: pin file names (`link_<name>`) and `pin --programs` names.
     pub fn name(self) -> &'static str {
@@ -96,6 +98,7 @@ impl Hook {
             Hook::Connect6 => "connect6",
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
+            Hook::SockCreate => "sock_create",
         }
     }
 
@@ -108,12 +111,14 @@ impl Hook {
             Hook::Connect6 => &p.cgdrop_connect6,
             Hook::Sendmsg4 => &p.cgdrop_sendmsg4,
             Hook::Sendmsg6 => &p.cgdrop_sendmsg6,
+            Hook::SockCreate => &p.cgdrop_sock_create,
         }
     }
 
     /// The hooks a policy with these settings attaches to. --silent turns the
-    /// fail-fast hooks off; sendmsg is only rejected when egress is dropped.
-    pub fn wanted(ingress: bool, egress: bool, silent: bool) -> Vec<Hook> {
+    /// fail-fast hooks off; sendmsg is only rejected when egress is dropped;
+    /// sock_create only names sockets' owners for the events.
+    pub fn wanted(ingress: bool, egress: bool, silent: bool, events: bool) -> Vec<Hook> {
         let mut hooks = Vec::new();
         if ingress {
             hooks.push(Hook::Ingress);
@@ -127,11 +132,14 @@ impl Hook {
                 hooks.extend([Hook::Sendmsg4, Hook::Sendmsg6]);
             }
         }
+        if events && (ingress || egress) {
+            hooks.push(Hook::SockCreate);
+        }
         hooks
     }
 
     pub fn for_policy(policy: &Policy) -> Vec<Hook> {
-        Self::wanted(policy.ingress, policy.egress, policy.silent)
+        Self::wanted(policy.ingress, policy.egress, policy.silent, policy.log_rate > 0)
     }
 }
 
