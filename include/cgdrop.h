@@ -71,7 +71,7 @@ enum cgdrop_limits {
  * pinned by another cgdrop is refused with a message instead of misread.
  */
 enum cgdrop_layout {
-	CGDROP_LAYOUT_VERSION = 4,
+	CGDROP_LAYOUT_VERSION = 5,
 };
 
 /*
@@ -246,6 +246,10 @@ struct cgdrop_info {
 	enum cgdrop_limits max_rules;
 	__u32 pad;
 	char cgroup_path[CGDROP_PATH_MAX];
+	/* The target as the user gave it ("unit nginx.service", "pid 42"; "" = the path). */
+	char target[256];
+	/* The name of the `cgdrop apply` policy that pinned it; "" = pinned by hand. */
+	char applied_as[64];
 };
 
 #endif /* __CGDROP_H */

@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{error::ErrorKind, ArgGroup, Args, Parser, Subcommand};
 
-use crate::rules::{parse_duration, Action, Target};
+use crate::{
+    host::target::CgroupTarget,
+    rules::{parse_duration, Action, Target},
+};
 
 /// Drop the network traffic of every process of one cgroup v2, with eBPF.
 ///
@@ -28,16 +31,62 @@ pub struct Cli {
     pub verbose: bool,
 }
 
+/// Which cgroup: one of these (everywhere a cgroup is taken).
+#[derive(Debug, Args, Clone, Default)]
+#[group(id = "target", multiple = false)]
+pub struct TargetArgs {
+    /// The cgroup: an absolute path inside a cgroup2 mount, a path relative
+    /// to the cgroup2 root (`myapp`, `system.slice/foo.service`), or the
+    /// `0::/path` line of /proc/PID/cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// The cgroup of the running process PID.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// The cgroup of a systemd unit: nginx.service, user@1000.service, a
+    /// .scope or a .slice (from systemd when it runs the unit, else from the
+    /// cgroup tree).
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+
+    /// The cgroup of a Docker, Podman or containerd container, by full or
+    /// short id, or by name (names need the docker or podman command).
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+}
+
+impl TargetArgs {
+    /// The target given, if any.
+    pub fn target(&self) -> Option<CgroupTarget> {
+        if let Some(p) = &self.cgroup {
+            Some(CgroupTarget::Cgroup(p.clone()))
+        } else if let Some(pid) = self.pid {
+            Some(CgroupTarget::Pid(pid))
+        } else if let Some(u) = &self.unit {
+            Some(CgroupTarget::Unit(u.clone()))
+        } else {
+            self.container.as_ref().map(|c| CgroupTarget::Container(c.clone()))
+        }
+    }
+
+    /// The cgroup path the target names (absolute, or relative to the
+    /// cgroup2 root, as `cgroup::locate` takes it), if a target was given.
+    pub fn path(&self) -> anyhow::Result<Option<PathBuf>> {
+        self.target().map(|t| t.resolve()).transpose()
+    }
+}
+
 /// Foreground mode: attached while cgdrop runs.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("foreground_target").required(true).args(["cgroup", "pid", "unit", "container"])))]
 pub struct ForegroundArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
-    /// The cgroup: an absolute path inside a cgroup2 mount, or a path relative
-    /// to the cgroup2 root (for example `myapp` or `system.slice/foo.service`).
-    #[arg(long, value_name = "PATH", required = true)]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Create the cgroup if it does not exist. It is then cgdrop's: on exit,
     /// every process in it (and below it) is killed before the policy is
@@ -84,8 +133,8 @@ pub struct LogFlags {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Only this cgroup's policy (default: every pinned policy).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// JSON lines with stable field names.
     #[arg(long)]
@@ -112,6 +161,10 @@ pub enum Command {
     /// to reach what, and which rule stopped it (events are kept in the
     /// kernel until read; at most --log-rate per second were recorded).
     Log(LogArgs),
+    /// Make the pinned policies what TOML files declare: pin what is missing,
+    /// replace what differs, leave equal ones alone; print the plan
+    /// (+ pin, ~ replace, - unpin, = as declared, ? waiting for its cgroup).
+    Apply(ApplyArgs),
     /// Finish what a killed cgdrop left: kill what is left in the cgroups it
     /// owned (`run`, `--create`), then remove their pins and the cgroups, and
     /// complete or remove half-written pins. Every cgdrop command does this
@@ -139,6 +192,29 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Change nothing: print the plan and exit 3 if changes are pending, 0 if not.
+    #[arg(long, conflicts_with = "watch")]
+    pub check: bool,
+
+    /// Also unpin the policies `apply` pinned that no file declares any more
+    /// (never a policy pinned by hand).
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Keep applying: when a target's cgroup appears again (a restarted
+    /// service or container), attach its policy at once; SIGHUP reads the
+    /// files again; SIGTERM stops watching (the policies stay pinned).
+    #[arg(long)]
+    pub watch: bool,
+
+    /// TOML files, or directories whose *.toml files are read (one
+    /// `[policy.NAME]` table per policy; see `man cgdrop-apply` or the README).
+    #[arg(required = true, value_name = "FILE|DIR")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -178,41 +254,40 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["cgroup", "programs"])))]
+#[command(group(ArgGroup::new("pin_what").required(true).args(["cgroup", "pid", "unit", "container", "programs"])))]
 pub struct PinArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
-    /// The cgroup (as for foreground mode).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Create the cgroup if it does not exist (it stays after cgdrop exits).
     #[arg(long, requires = "cgroup")]
     pub create: bool,
 
     /// Allow the root cgroup as --cgroup: every process of the host.
-    #[arg(long, requires = "cgroup")]
+    #[arg(long)]
     pub whole_host: bool,
 
     /// Swap the cgroup's pinned policy for this one in place: each hook's
     /// program is replaced atomically, so no packet passes unfiltered.
-    #[arg(long, requires = "cgroup")]
+    #[arg(long)]
     pub replace: bool,
 
     /// Attach nothing: pin the loaded programs under /sys/fs/bpf/cgdrop/progs/
     /// for attaching by hand (`bpftool cgroup attach CGROUP egress pinned
     /// /sys/fs/bpf/cgdrop/progs/egress`).
-    #[arg(long, conflicts_with_all = ["cgroup", "create", "replace"])]
+    #[arg(long, conflicts_with_all = ["target", "create", "replace"])]
     pub programs: bool,
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which").required(true).args(["cgroup", "all", "programs"])))]
+#[command(group(ArgGroup::new("which").required(true).args(["cgroup", "pid", "unit", "container", "all", "programs"])))]
 pub struct UnpinArgs {
     /// The cgroup whose policy to remove; a removed cgroup's path works too.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Every policy cgdrop pinned, and the programs of `pin --programs`.
     #[arg(long)]
@@ -227,8 +302,8 @@ pub struct UnpinArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Only this cgroup's policy.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// One JSON array on stdout.
     #[arg(long, conflicts_with = "prometheus")]
@@ -243,12 +318,20 @@ pub struct StatsArgs {
     pub watch: Option<u64>,
 }
 
+/// The policy a `rule` command edits: a target is required.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("rule_target").required(true).args(["cgroup", "pid", "unit", "container"])))]
+pub struct RuleTarget {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RuleCommand {
     /// Add a rule to a pinned policy; it applies from the next packet on.
     Add {
-        #[arg(long, value_name = "PATH")]
-        cgroup: PathBuf,
+        #[command(flatten)]
+        target: RuleTarget,
         /// allow or deny.
         action: Action,
         /// CIDR[:PORT], as for --block and --allow.
@@ -259,16 +342,16 @@ pub enum RuleCommand {
     },
     /// Delete a rule from a pinned policy.
     Del {
-        #[arg(long, value_name = "PATH")]
-        cgroup: PathBuf,
+        #[command(flatten)]
+        target: RuleTarget,
         /// `[allow|deny] RULE`: the action, if given, must be the rule's.
         #[arg(num_args = 1..=2, required = true, value_name = "RULE")]
         words: Vec<String>,
     },
     /// List the rules of a pinned policy, with the time each has left.
     List {
-        #[arg(long, value_name = "PATH")]
-        cgroup: PathBuf,
+        #[command(flatten)]
+        target: RuleTarget,
         /// One JSON array on stdout.
         #[arg(long)]
         json: bool,

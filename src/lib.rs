@@ -7,7 +7,7 @@
 //!   counters; `host`: the cgroup, preflight checks, the command's process;
 //! - `pins`: bpffs and cgdrop's directory there, one pinned policy;
 //! - `output`: everything the user reads; `session`: the attached-session loop,
-//!   `eventlog`: its events;
+//!   `eventlog`: its events; `declared`: `cgdrop apply`'s TOML files;
 //! - `commands`: one module per subcommand and the dispatcher `main` calls.
 //!
 //! Data flows one way: `cli` → `Policy` → `kernel::loader` (open, rodata,
@@ -15,6 +15,7 @@
 //! counters read back by `kernel::stats`.
 pub mod cli;
 pub mod commands;
+pub mod declared;
 pub mod eventlog;
 pub mod host;
 pub mod kernel;

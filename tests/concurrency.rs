@@ -49,13 +49,13 @@ fn two_instances_on_one_cgroup() {
     let (_s3, p3) = Probe::listen(None, "tcp-serve", "127.0.0.3", "20");
     let a = Cgdrop::start(&["--cgroup", path, "--block", "127.0.0.2", "--json"]);
     let b = Cgdrop::start(&["--cgroup", path, "--block", "127.0.0.3", "--json"]);
-    assert_eq!(attached_cgdrop_progs(&cg.path).len(), 12, "both attached side by side");
+    assert_eq!(attached_cgdrop_progs(&cg.path).len(), 14, "both attached side by side");
     assert_eq!(connect(&cg, "127.0.0.2", &p2), "EPERM");
     assert_eq!(connect(&cg, "127.0.0.3", &p3), "EPERM");
     a.signal(Signal::SIGINT);
     let (status, _, _) = a.wait();
     assert!(status.success());
-    assert_eq!(attached_cgdrop_progs(&cg.path).len(), 6, "the other stays");
+    assert_eq!(attached_cgdrop_progs(&cg.path).len(), 7, "the other stays");
     assert_eq!(connect(&cg, "127.0.0.2", &p2), "ok");
     assert_eq!(connect(&cg, "127.0.0.3", &p3), "EPERM");
     b.signal(Signal::SIGINT);
@@ -161,7 +161,7 @@ fn rule_add_racing_with_unpin_and_unpin_all_racing_with_pin() {
         match status.iter().find(|p| p["cgroup"] == path.as_str()) {
             Some(p) => {
                 assert_eq!(p["health"], "ok", "{p}");
-                assert_eq!(attached_cgdrop_progs(&cg.path).len(), 5);
+                assert_eq!(attached_cgdrop_progs(&cg.path).len(), 6);
                 assert!(cgdrop(&["unpin", "--cgroup", &path]).status.success());
             }
             None => assert_detached(&cg.path),

@@ -10,6 +10,7 @@ use crate::{
         cgroup::{self, Cgroup},
         preflight,
         process::{check_command, exit_code, lookup_user, Cmd},
+        target::CgroupTarget,
     },
     kernel::{loader, stats},
     output::{self, EventFormat},
@@ -21,11 +22,14 @@ use crate::{
 pub fn run(args: &ForegroundArgs, verbose: bool) -> Result<u8> {
     announce_rules_file(&args.policy);
     let policy = Policy::from_args(&args.policy)?;
-    let cgroup_arg = args.cgroup.as_deref().context("--cgroup is required")?;
-    let location = cgroup::locate(cgroup_arg, args.create, args.whole_host)?;
+    let target = args.target.target().context("a target (--cgroup, --pid, --unit or --container) is required")?;
+    let location = cgroup::locate(&target.resolve()?, args.create, args.whole_host)?;
     preflight::check()?;
     loader::set_verbose(verbose);
     let cgroup = Cgroup::open(location)?;
+    if !matches!(target, CgroupTarget::Cgroup(_)) {
+        crate::say!("cgdrop: {target} is cgroup {} (id {})", cgroup.path.display(), cgroup.id);
+    }
     let cmd = args.run.as_deref().map(Cmd::Shell);
     let outcome = session(policy, &cgroup, cmd, args.interval, log_format(&args.log), false)?;
     print_summary(&outcome, &cgroup, args.json)?;

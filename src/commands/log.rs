@@ -17,7 +17,8 @@ use crate::{
 
 pub fn run(args: &LogArgs) -> Result<()> {
     preflight::check()?;
-    let policies = select(args.cgroup.as_deref())?;
+    let cgroup = args.target.path()?;
+    let policies = select(cgroup.as_deref())?;
     if policies.is_empty() {
         crate::say!("cgdrop: no pinned cgdrop policies");
         return Ok(());
@@ -50,7 +51,7 @@ pub fn run(args: &LogArgs) -> Result<()> {
                 }
                 if checked.elapsed() >= std::time::Duration::from_secs(1) {
                     checked = std::time::Instant::now();
-                    changed = select(args.cgroup.as_deref()).is_ok_and(|now| identity(&now) != seen);
+                    changed = select(cgroup.as_deref()).is_ok_and(|now| identity(&now) != seen);
                 }
                 !changed
             },
@@ -59,7 +60,7 @@ pub fn run(args: &LogArgs) -> Result<()> {
         if !changed || stop.load(Ordering::Relaxed) {
             break;
         }
-        policies = select(args.cgroup.as_deref())?;
+        policies = select(cgroup.as_deref())?;
     }
     for p in &policies {
         let left_out = events::unreported_suppressed(&p.event_budget);

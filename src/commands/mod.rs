@@ -1,5 +1,6 @@
 //! One module per subcommand, and the dispatcher `main` calls. Nothing below
 //! this layer imports it.
+pub mod apply;
 pub mod cleanup;
 pub mod foreground;
 pub mod log;
@@ -23,8 +24,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         None => foreground::run(&cli.foreground, cli.verbose),
         Some(Command::Run(args)) => foreground::run_command(args, cli.verbose),
         Some(Command::Pin(args)) => ok(pin::pin(args, cli.verbose)),
-        Some(Command::Unpin(args)) => ok(pin::unpin(args.cgroup.as_deref(), args.all, args.programs)),
+        Some(Command::Unpin(args)) => ok(pin::unpin(args.target.target(), args.all, args.programs)),
         Some(Command::Cleanup) => ok(cleanup::run()),
+        Some(Command::Apply(args)) => apply::run(args, cli.verbose),
         Some(Command::Log(args)) => ok(log::run(args)),
         Some(Command::Status { json }) => ok(report::status(*json)),
         Some(Command::Stats(args)) => ok(report::stats(args)),

@@ -10,6 +10,7 @@ use crate::{
     host::{
         cgroup::{self, Cgroup},
         preflight,
+        target::CgroupTarget,
     },
     kernel::{
         loader::{self, Hook},
@@ -33,15 +34,54 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
         loader::set_verbose(verbose);
         return pin_programs(&policy);
     }
-    let arg = args.cgroup.as_deref().context("--cgroup or --programs is required")?;
-    let location = cgroup::locate(arg, args.create, args.whole_host)?;
+    let target =
+        args.target.target().context("a target (--cgroup, --pid, --unit or --container) or --programs is required")?;
+    let location = cgroup::locate(&target.resolve()?, args.create, args.whole_host)?;
     preflight::check()?;
     loader::set_verbose(verbose);
+    let origin = Origin { target: target.recorded(), applied_as: String::new(), keep_live_rules: true };
+    let pinned = pin_on(&policy, location, args.replace, &origin)?;
+    crate::say!(
+        "cgdrop: {} cgroup {} (id {}{}): dropping {}; pinned at {}",
+        if pinned.replaced { "replaced the policy of" } else { "pinned a policy on" },
+        pinned.cgroup_path.display(),
+        pinned.cgroup_id,
+        match &target {
+            CgroupTarget::Cgroup(_) => String::new(),
+            other => format!(", {other}"),
+        },
+        output::describe(&policy),
+        pinned.dir.display()
+    );
+    Ok(())
+}
+
+/// What a pinned policy records about who pinned it, and whether `rule add`
+/// rules of the policy it replaces survive.
+pub struct Origin {
+    /// The target as given (`CgroupTarget::recorded`).
+    pub target: String,
+    /// The `cgdrop apply` policy name; empty for `cgdrop pin`.
+    pub applied_as: String,
+    pub keep_live_rules: bool,
+}
+
+/// Where a policy was pinned.
+pub struct PinnedAt {
+    pub cgroup_path: std::path::PathBuf,
+    pub cgroup_id: u64,
+    pub dir: std::path::PathBuf,
+    pub replaced: bool,
+}
+
+/// Attaches `policy` to the cgroup at `location` and pins it; with `replace`,
+/// an existing pinned policy there is swapped in place (no gap).
+pub fn pin_on(policy: &Policy, location: cgroup::Location, replace: bool, origin: &Origin) -> Result<PinnedAt> {
     let root = bpffs::prepare_root()?;
     let mut cgroup = Cgroup::open(location)?;
     let dir = root.join(cgroup.id.to_string());
     let existing = dir.exists();
-    if existing && !args.replace {
+    if existing && !replace {
         bail!(
             "cgroup {} already has a pinned cgdrop policy ({}): pass --replace to swap it, or `cgdrop unpin --cgroup {}` first",
             cgroup.path.display(),
@@ -53,31 +93,23 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
     // Changes to one policy are serialised (see `Pinned::lock`).
     let _lock = if existing { Some(lock_dir(&dir)?) } else { None };
     let mut object = MaybeUninit::<OpenObject>::uninit();
-    let mut skel = loader::load(&policy, &mut object)?;
+    let mut skel = loader::load(policy, &mut object)?;
     let mut installed = Installed::new();
-    loader::apply_rules(&mut skel, &mut installed, &policy)?;
-    let carried = if existing { carry_live_rules(&mut skel, &installed, &dir)? } else { 0 };
-    write_info(&skel, &cgroup)?;
+    loader::apply_rules(&mut skel, &mut installed, policy)?;
+    let carried = if existing && origin.keep_live_rules { carry_live_rules(&mut skel, &installed, &dir)? } else { 0 };
+    write_info(&skel, &cgroup, &origin.target, &origin.applied_as)?;
     let tmp = TempDir::create(root.join(format!("new-{}-{}", cgroup.id, std::process::id())))?;
     if existing {
-        replace_into(&mut skel, &cgroup, &policy, tmp, &dir)?;
+        replace_into(&mut skel, &cgroup, policy, tmp, &dir)?;
         if carried > 0 {
             crate::say!("cgdrop: carried over {carried} rule(s) added with `cgdrop rule add` (with their expiries)");
         }
     } else {
-        pin_fresh(&mut skel, &cgroup, &policy, tmp, &dir)?;
+        pin_fresh(&mut skel, &cgroup, policy, tmp, &dir)?;
     }
     // Pinned: the cgroup stays even if this run created it.
     cgroup.keep();
-    crate::say!(
-        "cgdrop: {} cgroup {} (id {}): dropping {}; pinned at {}",
-        if existing { "replaced the policy of" } else { "pinned a policy on" },
-        cgroup.path.display(),
-        cgroup.id,
-        output::describe(&policy),
-        dir.display()
-    );
-    Ok(())
+    Ok(PinnedAt { cgroup_path: cgroup.path.clone(), cgroup_id: cgroup.id, dir, replaced: existing })
 }
 
 /// Writes the live rules of the pinned policy in `dir` (added with `rule
@@ -190,7 +222,7 @@ fn pin_programs(policy: &Policy) -> Result<()> {
 }
 
 /// `cgdrop unpin`: removes one policy directory, or all of cgdrop's pins.
-pub fn unpin(cgroup: Option<&Path>, all: bool, programs: bool) -> Result<()> {
+pub fn unpin(target: Option<CgroupTarget>, all: bool, programs: bool) -> Result<()> {
     preflight::check()?;
     if programs {
         let dir = bpffs::programs_dir();
@@ -237,8 +269,12 @@ pub fn unpin(cgroup: Option<&Path>, all: bool, programs: bool) -> Result<()> {
         crate::say!("cgdrop: removed {n} pinned director{} and {}", if n == 1 { "y" } else { "ies" }, root.display());
         return Ok(());
     }
-    let arg = cgroup.context("--cgroup or --all is required")?;
-    let pinned = Pinned::find(arg)?;
+    let target = target.context("a target (--cgroup, --pid, --unit or --container) or --all is required")?;
+    unpin_pinned(Pinned::find_target(&target)?)
+}
+
+/// Detaches and removes one pinned policy.
+pub fn unpin_pinned(pinned: Pinned) -> Result<()> {
     let _lock = pinned.lock()?;
     let dir = pinned.dir.clone();
     let path = pinned.cgroup_path.clone();

@@ -51,6 +51,11 @@ struct PolicyJson {
 struct StatusJson {
     cgroup: String,
     cgroup_id: u64,
+    /// The target as given when it was pinned (`unit nginx.service`), which
+    /// resolved to `cgroup`.
+    target: String,
+    /// The `cgdrop apply` policy that pinned it; null: pinned by hand.
+    applied_as: Option<String>,
     #[serde(flatten)]
     stats: Stats,
     policy: PolicyJson,
@@ -76,6 +81,8 @@ pub fn status(json: bool) -> Result<()> {
             StatusJson {
                 cgroup: p.cgroup_path.clone(),
                 cgroup_id: p.id,
+                target: if p.target.is_empty() { format!("cgroup {}", p.cgroup_path) } else { p.target.clone() },
+                applied_as: (!p.applied_as.is_empty()).then(|| p.applied_as.clone()),
                 stats: stats::read(&p.stats)?,
                 policy: PolicyJson {
                     ingress: config.ingress,
@@ -106,6 +113,12 @@ pub fn status(json: bool) -> Result<()> {
     }
     for (desc, s) in &out {
         crate::outln!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
+        if !s.target.starts_with("cgroup ") {
+            crate::outln!("  target: {}", s.target);
+        }
+        if let Some(name) = &s.applied_as {
+            crate::outln!("  declared: policy {name} (`cgdrop apply`)");
+        }
         crate::outln!("  policy: {desc}");
         crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_for_secs));
         for line in output::table(&s.stats, s.policy.dry_run).lines() {
@@ -125,11 +138,12 @@ fn selected(cgroup: Option<&Path>) -> Result<Vec<Pinned>> {
 /// `cgdrop stats`.
 pub fn stats(args: &StatsArgs) -> Result<()> {
     preflight::check()?;
+    let cgroup = args.target.path()?;
     // Checked once up front, so that a wrong --cgroup is an error, not a view of one.
-    let policies = selected(args.cgroup.as_deref())?;
+    let policies = selected(cgroup.as_deref())?;
     if let Some(secs) = args.watch {
         drop(policies);
-        return watch(args.cgroup.as_deref(), Duration::from_secs(secs));
+        return watch(cgroup.as_deref(), Duration::from_secs(secs));
     }
     // (name, cgroup id, counters, dry run)
     let mut rows: Vec<(String, u64, Stats, bool)> = Vec::new();
@@ -143,7 +157,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     // The programs of `pin --programs`, attached by hand: counted over every
     // cgroup they are attached to.
     let progs = bpffs::programs_dir();
-    if args.cgroup.is_none() && progs.join("stats").exists() {
+    if cgroup.is_none() && progs.join("stats").exists() {
         let map = libbpf_rs::MapHandle::from_pinned_path(progs.join("stats"))
             .with_context(|| format!("opening {}/stats", progs.display()))?;
         rows.push((format!("(pinned programs: {})", progs.display()), 0, stats::read(&map)?, false));

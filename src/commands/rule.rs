@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::{
-    cli::RuleCommand,
+    cli::{RuleCommand, RuleTarget},
     host::preflight,
     kernel::{
         hits,
@@ -56,12 +56,16 @@ fn locked(cgroup: &Path) -> Result<(Pinned, OwnedFd)> {
     bail!("the policy of {} kept changing under `rule`: try again", cgroup.display())
 }
 
+fn path(t: &RuleTarget) -> Result<std::path::PathBuf> {
+    t.target.path()?.context("a target (--cgroup, --pid, --unit or --container) is required")
+}
+
 pub fn run(command: &RuleCommand) -> Result<()> {
     preflight::check()?;
     match command {
-        RuleCommand::Add { cgroup, action, rule, ttl } => add(cgroup, *action, rule, *ttl),
-        RuleCommand::Del { cgroup, words } => del(cgroup, words),
-        RuleCommand::List { cgroup, json } => list(cgroup, *json),
+        RuleCommand::Add { target, action, rule, ttl } => add(&path(target)?, *action, rule, *ttl),
+        RuleCommand::Del { target, words } => del(&path(target)?, words),
+        RuleCommand::List { target, json } => list(&path(target)?, *json),
     }
 }
 

@@ -4,4 +4,6 @@ pub mod cgroup;
 mod child;
 pub mod preflight;
 pub mod process;
+pub mod target;
 pub mod tree;
+pub mod watch;

@@ -161,12 +161,31 @@ pub struct Info {
     pub pinned_at: u64,
     /// CLOCK_BOOTTIME ns.
     pub pinned_boot_ns: u64,
+    /// The target as given (`unit nginx.service`); empty: the path itself.
+    pub target: String,
+    /// The `cgdrop apply` policy that pinned it; empty: pinned by hand.
+    pub applied_as: String,
+}
+
+/// Copies `text` into a NUL-terminated C array, or says it does not fit.
+fn put_str(dst: &mut [i8], text: &str, what: &str) -> Result<()> {
+    if text.len() >= dst.len() {
+        bail!("{what} {text} is longer than the {} bytes a pinned policy records", dst.len() - 1);
+    }
+    for (d, s) in dst.iter_mut().zip(text.as_bytes()) {
+        *d = *s as i8;
+    }
+    Ok(())
+}
+
+fn get_str(src: &[i8]) -> String {
+    let bytes: Vec<u8> = src.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 impl Info {
     /// The `info` record stamped with this cgdrop's layout.
     pub fn encode(&self) -> Result<cgdrop_info> {
-        let path = self.cgroup_path.as_bytes();
         let mut info = cgdrop_info {
             cgroup_id: self.cgroup_id,
             pinned_at: self.pinned_at,
@@ -176,17 +195,12 @@ impl Info {
             max_rules: cgdrop_limits::CGDROP_MAX_RULES,
             pad: 0,
             cgroup_path: [0; cgdrop_limits::CGDROP_PATH_MAX.0 as usize],
+            target: [0; 256],
+            applied_as: [0; 64],
         };
-        if path.len() >= info.cgroup_path.len() {
-            bail!(
-                "cgroup path {} is longer than the {} bytes a pinned policy records",
-                self.cgroup_path,
-                info.cgroup_path.len() - 1
-            );
-        }
-        for (dst, src) in info.cgroup_path.iter_mut().zip(path) {
-            *dst = *src as i8;
-        }
+        put_str(&mut info.cgroup_path, &self.cgroup_path, "cgroup path")?;
+        put_str(&mut info.target, &self.target, "target")?;
+        put_str(&mut info.applied_as, &self.applied_as, "policy name")?;
         Ok(info)
     }
 
@@ -207,10 +221,11 @@ impl Info {
         if (info.layout, info.stat_slots, info.max_rules) != ours {
             bail!("its layout is version {}, this cgdrop's is {}: {OTHER}", info.layout.0, ours.0 .0);
         }
-        let path: Vec<u8> = info.cgroup_path.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
         Ok(Self {
             cgroup_id: info.cgroup_id,
-            cgroup_path: String::from_utf8_lossy(&path).into_owned(),
+            cgroup_path: get_str(&info.cgroup_path),
+            target: get_str(&info.target),
+            applied_as: get_str(&info.applied_as),
             pinned_at: info.pinned_at,
             pinned_boot_ns: info.pinned_boot_ns,
         })
@@ -247,7 +262,14 @@ mod tests {
 
     #[test]
     fn info_round_trips_and_other_layouts_are_refused() {
-        let info = Info { cgroup_id: 42, cgroup_path: "/sys/fs/cgroup/a".into(), pinned_at: 7, pinned_boot_ns: 9 };
+        let info = Info {
+            cgroup_id: 42,
+            cgroup_path: "/sys/fs/cgroup/a".into(),
+            pinned_at: 7,
+            pinned_boot_ns: 9,
+            target: "unit a.service".into(),
+            applied_as: "web".into(),
+        };
         let encoded = info.encode().unwrap();
         assert_eq!(Info::decode(info_bytes(&encoded)).unwrap(), info);
         let mut old = encoded;

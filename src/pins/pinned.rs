@@ -16,7 +16,10 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{query::LinkTypeInfo, Link, MapCore, MapFlags, MapHandle};
 
 use crate::{
-    host::cgroup::{self, Cgroup},
+    host::{
+        cgroup::{self, Cgroup},
+        target::CgroupTarget,
+    },
     kernel::{
         config::{self, Config, Info},
         loader::Hook,
@@ -50,14 +53,17 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Records the cgroup (and this cgdrop's layout) in the `info` map.
-pub fn write_info(skel: &CgdropSkel<'_>, cgroup: &Cgroup) -> Result<()> {
+/// Records the cgroup, the target as given, the `apply` policy name (empty:
+/// by hand) and this cgdrop's layout in the `info` map.
+pub fn write_info(skel: &CgdropSkel<'_>, cgroup: &Cgroup, target: &str, applied_as: &str) -> Result<()> {
     let pinned_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let info = Info {
         cgroup_id: cgroup.id,
         cgroup_path: cgroup.path.to_string_lossy().into_owned(),
         pinned_at,
         pinned_boot_ns: rulemaps::boot_time_ns()?,
+        target: target.to_string(),
+        applied_as: applied_as.to_string(),
     };
     let encoded = info.encode()?;
     skel.maps
@@ -72,6 +78,10 @@ pub struct Pinned {
     pub id: u64,
     /// The cgroup path recorded at pin time.
     pub cgroup_path: String,
+    /// The target as given at pin time (`unit nginx.service`).
+    pub target: String,
+    /// The `cgdrop apply` policy that pinned it; empty: pinned by hand.
+    pub applied_as: String,
     pub pinned_at: u64,
     pub pinned_boot_ns: u64,
     pub stats: MapHandle,
@@ -133,6 +143,8 @@ impl Pinned {
             dir: dir.to_path_buf(),
             id,
             cgroup_path: info.cgroup_path,
+            target: info.target,
+            applied_as: info.applied_as,
             pinned_at: info.pinned_at,
             pinned_boot_ns: info.pinned_boot_ns,
             stats: open_map(dir, "stats")?,
@@ -173,6 +185,18 @@ impl Pinned {
             return Ok(p);
         }
         bail!("no cgdrop policy is pinned on cgroup {} (`cgdrop status` lists them)", path.display())
+    }
+
+    /// The pinned policy of a target; one whose cgroup is gone (a stopped
+    /// unit, a removed container) is found by the target recorded with it.
+    pub fn find_target(target: &CgroupTarget) -> Result<Self> {
+        match target.resolve() {
+            Ok(path) => Self::find(&path),
+            Err(e) => {
+                let recorded = target.recorded();
+                Self::list()?.into_iter().find(|p| p.target == recorded).ok_or(e)
+            }
+        }
     }
 
     /// How long ago it was pinned, by the boot-time clock.

@@ -53,7 +53,7 @@ impl RunPins {
         }
         made.with_context(|| format!("creating {}", dir.display()))?;
         let me = Self { dir };
-        write_info(skel, cgroup)?;
+        write_info(skel, cgroup, "", "")?;
         let info = me.dir.join("info");
         skel.maps.info.pin(&info).with_context(|| format!("pinning map {}", info.display()))?;
         for (hook, link) in links.iter_mut() {

@@ -216,6 +216,11 @@ impl Cgdrop {
 
     /// As `start`, with the whole command line (cgdrop behind a wrapper such as nsenter).
     pub fn start_cmd(argv: &[&str]) -> Self {
+        Self::start_until(argv, "attached to cgroup")
+    }
+
+    /// Starts the command line and waits until stderr has a line containing `needle`.
+    pub fn start_until(argv: &[&str], needle: &str) -> Self {
         let args = &argv[1..];
         let mut child = Command::new(argv[0])
             .args(args)
@@ -226,7 +231,7 @@ impl Cgdrop {
             .expect("spawn cgdrop");
         let stderr_lines = lines_of(child.stderr.take().expect("piped stderr"));
         let mut me = Self { child, stderr_lines, stderr: String::new() };
-        me.wait_for_stderr("attached to cgroup");
+        me.wait_for_stderr(needle);
         me
     }
 

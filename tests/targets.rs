@@ -1,0 +1,153 @@
+//! Targets as root, with real traffic: `--pid`, `0::/path`, `--unit` and
+//! `--container` reach the cgroup they name (laid out as systemd and the
+//! container runtimes lay them out), and ambiguous or unknown ones are refused.
+mod common;
+
+use std::{fs, path::Path, process::Command};
+
+use common::{Probe, TestCgroup, CGDROP};
+use serde_json::Value;
+
+fn cgdrop(args: &[&str]) -> std::process::Output {
+    Command::new(CGDROP).args(args).output().expect("run cgdrop")
+}
+
+/// Runs cgdrop and asserts success; returns stderr (cgdrop's messages).
+fn ok(args: &[&str]) -> String {
+    let out = cgdrop(args);
+    assert!(out.status.success(), "cgdrop {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs cgdrop, asserts exit 1 and a one-line error; returns it.
+fn refused(args: &[&str]) -> String {
+    let out = cgdrop(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "cgdrop {args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+/// Unpins the policy of a cgroup path on drop, also when the test fails.
+struct Unpin(String);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = cgdrop(&["unpin", "--cgroup", &self.0]);
+    }
+}
+
+/// A cgroup below a test cgroup (removed with it).
+fn sub(parent: &TestCgroup, rel: &str) -> TestCgroup {
+    let path = parent.path.join(rel);
+    fs::create_dir_all(&path).unwrap();
+    TestCgroup { path, name: rel.to_string() }
+}
+
+fn connect(cg: &TestCgroup, port: &str) -> String {
+    Probe::run(Some(cg), &["tcp-connect", "127.0.0.1", port, "1"])["result"].as_str().unwrap().to_string()
+}
+
+fn status_of(path: &Path) -> Value {
+    let out = cgdrop(&["status", "--json"]);
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    all.into_iter().find(|s| s["cgroup"] == path.to_str().unwrap()).expect("the policy in status")
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn pid_and_proc_cgroup_lines_name_the_process_cgroup() {
+    let cg = TestCgroup::new("pid");
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "20");
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("30");
+    common::in_cgroup(&mut sleeper, &cg.path);
+    let mut sleeper = sleeper.spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    let _unpin = Unpin(cg.path.to_str().unwrap().to_string());
+
+    let said = ok(&["pin", "--pid", &pid, "--block", "127.0.0.0/8"]);
+    assert!(said.contains(&format!("pid {pid}")) && said.contains(cg.path.to_str().unwrap()), "{said}");
+    assert_eq!(connect(&cg, &port), "EPERM");
+    let st = status_of(&cg.path);
+    assert_eq!(st["target"], format!("pid {pid}"), "{st}");
+    ok(&["unpin", "--pid", &pid]);
+    assert_eq!(connect(&cg, &port), "ok");
+
+    // The `0::/path` line of /proc/PID/cgroup, pasted as it is.
+    let line = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = line.lines().find(|l| l.starts_with("0::")).unwrap().to_string();
+    ok(&["pin", "--cgroup", &line, "--block", "127.0.0.0/8"]);
+    assert_eq!(connect(&cg, &port), "EPERM");
+    ok(&["unpin", "--cgroup", &line]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let err = refused(&["pin", "--pid", &pid]);
+    assert!(err.contains(&format!("no process has pid {pid}")), "{err}");
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn units_are_found_as_systemd_lays_them_out() {
+    let me = std::process::id();
+    let slice = TestCgroup::new("units");
+    let unit = format!("cgdrop-test-web-{me}.service");
+    let service = sub(&slice, &format!("cgdrop-test-app-{me}.slice/{unit}"));
+    let neighbour = sub(&slice, &format!("cgdrop-test-app-{me}.slice/cgdrop-test-db-{me}.service"));
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "20");
+    let _unpin = Unpin(service.path.to_str().unwrap().to_string());
+
+    let said = ok(&["pin", "--unit", &unit, "--block", "127.0.0.0/8"]);
+    assert!(said.contains(&format!("unit {unit}")), "{said}");
+    assert_eq!(connect(&service, &port), "EPERM", "the unit's processes are fenced");
+    assert_eq!(connect(&neighbour, &port), "ok", "its neighbour is not");
+    assert_eq!(status_of(&service.path)["target"], format!("unit {unit}"));
+    let list = cgdrop(&["rule", "list", "--unit", &unit, "--json"]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    ok(&["unpin", "--unit", &unit]);
+    assert_eq!(connect(&service, &port), "ok");
+    // A stopped unit (its cgroup removed) is still unpinned by its name.
+    ok(&["pin", "--unit", &unit]);
+    fs::remove_dir(&service.path).unwrap();
+    let said = ok(&["unpin", "--unit", &unit]);
+    assert!(said.contains("unpinned"), "{said}");
+
+    // The same unit name in two slices: ambiguous, both listed.
+    let dup = format!("cgdrop-test-dup-{me}.service");
+    let _a = sub(&slice, &format!("a.slice/{dup}"));
+    let _b = sub(&slice, &format!("b.slice/{dup}"));
+    let err = refused(&["pin", "--unit", &dup]);
+    assert!(err.contains("several") && err.contains("a.slice") && err.contains("b.slice"), "{err}");
+    let err = refused(&["pin", "--unit", &format!("cgdrop-test-none-{me}")]);
+    assert!(err.contains(&format!("unit cgdrop-test-none-{me}.service has no control group")), "{err}");
+    let err = refused(&["pin", "--unit", "../etc"]);
+    assert!(err.contains("not a systemd unit name"), "{err}");
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn containers_are_found_by_id_as_runtimes_lay_them_out() {
+    let tree = TestCgroup::new("containers");
+    // Ids that are unique to this test run, sharing a prefix.
+    let base = format!("{:08x}", std::process::id());
+    let id1 = format!("{base}1{}", "a".repeat(55));
+    let id2 = format!("{base}2{}", "b".repeat(55));
+    let systemd_driver = sub(&tree, &format!("system.slice/docker-{id1}.scope"));
+    let cgroupfs_driver = sub(&tree, &format!("docker/{id2}"));
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "20");
+
+    for (id, cg) in [(&id1, &systemd_driver), (&id2, &cgroupfs_driver)] {
+        let short = &id[..12];
+        let _unpin = Unpin(cg.path.to_str().unwrap().to_string());
+        let said = ok(&["pin", "--container", short, "--block", "127.0.0.0/8"]);
+        assert!(said.contains(cg.path.to_str().unwrap()), "{said}");
+        assert_eq!(connect(cg, &port), "EPERM", "{}", cg.path.display());
+        assert_eq!(status_of(&cg.path)["target"], format!("container {short}"));
+        ok(&["unpin", "--container", id]);
+        assert_eq!(connect(cg, &port), "ok");
+    }
+    let err = refused(&["pin", "--container", &base]);
+    assert!(err.contains("several containers") && err.contains(&id1[..12]) && err.contains(&id2[..12]), "{err}");
+    let err = refused(&["pin", "--container", &format!("{base}9")]);
+    assert!(err.contains("no running container matches"), "{err}");
+}
