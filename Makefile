@@ -47,7 +47,8 @@ install: build
 	$(BIN) completions bash > $(BASHDIR)/cgdrop
 	$(BIN) completions zsh > $(ZSHDIR)/_cgdrop
 	$(BIN) completions fish > $(FISHDIR)/cgdrop.fish
-	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop@.service > $(UNITDIR)/cgdrop@.service
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop@.service > $(UNITDIR)/cgdrop@.service $(UNITDIR)/cgdrop.service
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop.service > $(UNITDIR)/cgdrop.service
 ifneq ($(CGROUP),)
 	$(BINDIR)/cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)
 else
@@ -57,7 +58,7 @@ endif
 # Unpins everything cgdrop pinned, then removes what install put in place.
 uninstall:
 	-test ! -x $(BINDIR)/cgdrop || $(BINDIR)/cgdrop unpin --all
-	rm -f $(BINDIR)/cgdrop $(MANDIR)/cgdrop.1 $(MANDIR)/cgdrop-*.1 $(BASHDIR)/cgdrop $(ZSHDIR)/_cgdrop $(FISHDIR)/cgdrop.fish $(UNITDIR)/cgdrop@.service
+	rm -f $(BINDIR)/cgdrop $(MANDIR)/cgdrop.1 $(MANDIR)/cgdrop-*.1 $(BASHDIR)/cgdrop $(ZSHDIR)/_cgdrop $(FISHDIR)/cgdrop.fish $(UNITDIR)/cgdrop@.service $(UNITDIR)/cgdrop.service
 
 # Benchmarks against baselines in the same run (root); writes bench/RESULTS.md.
 bench: deps

@@ -164,7 +164,20 @@ pub enum Command {
     /// Make the pinned policies what TOML files declare: pin what is missing,
     /// replace what differs, leave equal ones alone; print the plan
     /// (+ pin, ~ replace, - unpin, = as declared, ? waiting for its cgroup).
+    ///
+    /// One table per policy, keys as the flags: `[policy.NAME]` with exactly
+    /// one of `cgroup = "PATH"`, `unit = "NAME"`, `container = "ID|NAME"`;
+    /// then `direction = "ingress"|"egress"|"both"`, `block = ["CIDR[:PORT]", …]`,
+    /// `allow = [...]`, `port = N`, `iface = "NAME"`, `rules_file = "PATH"`,
+    /// `silent`, `dry_run` (booleans), `log_rate = N`, `keep_live_rules`
+    /// (keep `rule add` rules on replace), `create` (cgroup targets). Every
+    /// file is checked before anything changes; errors name FILE:LINE.
+    /// Exit status: 0; 3 with --check when changes are pending; 1 on error.
     Apply(ApplyArgs),
+    /// Let systemd attach a policy at every start of a unit: pin its programs
+    /// under /sys/fs/bpf/cgdrop/unit-UNIT/ (dots as `_`) and write a drop-in with
+    /// BPFProgram= lines (no cgdrop process runs; restart the unit to attach).
+    Systemd(SystemdArgs),
     /// Finish what a killed cgdrop left: kill what is left in the cgroups it
     /// owned (`run`, `--create`), then remove their pins and the cgroups, and
     /// complete or remove half-written pins. Every cgdrop command does this
@@ -215,6 +228,25 @@ pub struct ApplyArgs {
     /// `[policy.NAME]` table per policy; see `man cgdrop-apply` or the README).
     #[arg(required = true, value_name = "FILE|DIR")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemdArgs {
+    /// The unit: a service, socket, mount, swap or slice (`.service` is
+    /// added to a bare name).
+    #[arg(long, value_name = "NAME")]
+    pub unit: String,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// Remove the drop-in and the pinned programs.
+    #[arg(long)]
+    pub remove: bool,
+
+    /// Where drop-ins go.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

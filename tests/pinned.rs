@@ -414,13 +414,14 @@ fn make_install_pins_and_uninstall_leaves_no_trace() {
         "share/man/man1/cgdrop.1",
         "share/bash-completion/completions/cgdrop",
         "lib/systemd/system/cgdrop@.service",
+        "lib/systemd/system/cgdrop.service",
     ] {
         assert!(prefix.join(f).exists(), "{f} installed");
     }
     let man = fs::read_to_string(prefix.join("share/man/man1/cgdrop.1")).unwrap();
     assert!(man.contains(".TH cgdrop"), "a man page");
     // Every page the main page refers to is installed too.
-    for sub in ["run", "pin", "unpin", "status", "stats", "rule", "cleanup"] {
+    for sub in ["run", "pin", "unpin", "status", "stats", "rule", "cleanup", "apply", "systemd", "log"] {
         assert!(man.contains(&format!("cgdrop\\-{sub}(1)")), "cgdrop.1 refers to cgdrop-{sub}(1)");
         assert!(prefix.join(format!("share/man/man1/cgdrop-{sub}.1")).exists(), "cgdrop-{sub}.1 installed");
     }

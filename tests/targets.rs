@@ -151,3 +151,63 @@ fn containers_are_found_by_id_as_runtimes_lay_them_out() {
     let err = refused(&["pin", "--container", &format!("{base}9")]);
     assert!(err.contains("no running container matches"), "{err}");
 }
+
+/// Detaches what a test attached with bpftool, and removes the drop-in and
+/// its pins, also when the test fails.
+struct DropIn {
+    unit: String,
+    dir: common::TempPath,
+    attached: Vec<(String, String, String)>,
+}
+
+impl Drop for DropIn {
+    fn drop(&mut self) {
+        for (cg, kind, prog) in &self.attached {
+            let _ = Command::new("bpftool").args(["cgroup", "detach", cg, kind, "pinned", prog]).output();
+        }
+        let _ = cgdrop(&["systemd", "--unit", &self.unit, "--dir", self.dir.to_str().unwrap(), "--remove"]);
+        let _ = fs::remove_dir_all(&*self.dir);
+    }
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn systemd_drop_in_programs_attach_as_systemd_would() {
+    let cg = TestCgroup::new("dropin");
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "20");
+    let unit = format!("cgdrop-test-web-{}.service", std::process::id());
+    let mut d = DropIn { unit: unit.clone(), dir: common::TempPath::new("dropins"), attached: Vec::new() };
+    let dir = d.dir.to_str().unwrap().to_string();
+    let said = ok(&["systemd", "--unit", &unit, "--dir", &dir, "--block", "127.0.0.0/8"]);
+    assert!(said.contains("BPFProgram="), "{said}");
+    let file = d.dir.join(format!("{unit}.d/cgdrop.conf"));
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\n[Service]\n"), "{text}");
+    let lines: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("BPFProgram="))
+        .map(|l| {
+            let (kind, path) = l.split_once(':').unwrap();
+            (kind.to_string(), path.to_string())
+        })
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["ingress", "egress", "connect4", "connect6", "sendmsg4", "sendmsg6", "sock_create"]);
+    // systemd attaches each pinned program with BPF_F_ALLOW_MULTI; so does bpftool here.
+    for (kind, path) in &lines {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "attach", cg.path.to_str().unwrap(), kind, "pinned", path, "multi"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool attach {kind} {path}: {}", String::from_utf8_lossy(&out.stderr));
+        d.attached.push((cg.path.to_str().unwrap().into(), kind.clone(), path.clone()));
+    }
+    assert_eq!(connect(&cg, &port), "EPERM", "the unit's programs drop");
+    let err = refused(&["systemd", "--unit", &unit, "--dir", &dir]);
+    assert!(err.contains("already has a cgdrop drop-in"), "{err}");
+    ok(&["systemd", "--unit", &unit, "--dir", &dir, "--remove"]);
+    assert!(!file.exists(), "the drop-in is removed");
+    assert!(lines.iter().all(|(_, p)| !Path::new(p).exists()), "and the pins");
+    let err = refused(&["systemd", "--unit", "x.scope"]);
+    assert!(err.contains("is a scope"), "{err}");
+}

@@ -7,6 +7,7 @@ pub mod log;
 pub mod pin;
 pub mod report;
 pub mod rule;
+pub mod systemd;
 
 use clap::CommandFactory;
 
@@ -27,6 +28,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         Some(Command::Unpin(args)) => ok(pin::unpin(args.target.target(), args.all, args.programs)),
         Some(Command::Cleanup) => ok(cleanup::run()),
         Some(Command::Apply(args)) => apply::run(args, cli.verbose),
+        Some(Command::Systemd(args)) => ok(systemd::run(args, cli.verbose)),
         Some(Command::Log(args)) => ok(log::run(args)),
         Some(Command::Status { json }) => ok(report::status(*json)),
         Some(Command::Stats(args)) => ok(report::stats(args)),

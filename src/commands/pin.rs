@@ -196,8 +196,22 @@ fn replace_into(
 /// `pin --programs`: loads the programs for `policy` and pins each under
 /// /sys/fs/bpf/cgdrop/progs/<hook> (and the maps beside them), attaching nothing.
 fn pin_programs(policy: &Policy) -> Result<()> {
-    let root = bpffs::prepare_root()?;
     let dir = bpffs::programs_dir();
+    pin_programs_into(policy, &dir)?;
+    crate::say!(
+        "cgdrop: pinned programs for {} in {} (attach with BPF_F_ALLOW_MULTI, as cgdrop does, or cgdrop cannot attach there later: bpftool cgroup attach CGROUP egress pinned {}/egress multi)",
+        output::describe(policy),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Loads the programs for `policy` and pins them (and the maps) in `dir`
+/// under the names of their hooks, attaching nothing; returns the hooks the
+/// policy needs. `dir` appears whole or not at all.
+pub fn pin_programs_into(policy: &Policy, dir: &Path) -> Result<Vec<Hook>> {
+    let root = bpffs::prepare_root()?;
     if dir.exists() {
         bail!("{} already exists: `cgdrop unpin --all` removes it", dir.display());
     }
@@ -210,15 +224,9 @@ fn pin_programs(policy: &Policy) -> Result<()> {
         let path = tmp.path.join(hook.name());
         obj_pin(hook.program(&skel).as_fd(), &path)?;
     }
-    fs::rename(&tmp.path, &dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
+    fs::rename(&tmp.path, dir).with_context(|| format!("moving {} to {}", tmp.path.display(), dir.display()))?;
     tmp.keep = true;
-    crate::say!(
-        "cgdrop: pinned programs for {} in {} (attach with BPF_F_ALLOW_MULTI, as cgdrop does, or cgdrop cannot attach there later: bpftool cgroup attach CGROUP egress pinned {}/egress multi)",
-        output::describe(policy),
-        dir.display(),
-        dir.display()
-    );
-    Ok(())
+    Ok(Hook::for_policy(policy))
 }
 
 /// `cgdrop unpin`: removes one policy directory, or all of cgdrop's pins.

@@ -168,7 +168,18 @@ impl Pinned {
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()).map(|id| (id, e.path())))
             .collect();
         dirs.sort();
-        dirs.into_iter().map(|(_, dir)| Self::open(&dir)).collect()
+        // One unreadable policy (pinned by a cgdrop of another layout) must
+        // not hide the others: it is named, and skipped.
+        Ok(dirs
+            .into_iter()
+            .filter_map(|(_, dir)| match Self::open(&dir) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    crate::say!("cgdrop: skipping {}: {e:#}", dir.display());
+                    None
+                }
+            })
+            .collect())
     }
 
     /// The pinned policy of the cgroup `arg` names: by its id while it exists,
