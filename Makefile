@@ -47,7 +47,7 @@ install: build
 	$(BIN) completions bash > $(BASHDIR)/cgdrop
 	$(BIN) completions zsh > $(ZSHDIR)/_cgdrop
 	$(BIN) completions fish > $(FISHDIR)/cgdrop.fish
-	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop@.service > $(UNITDIR)/cgdrop@.service $(UNITDIR)/cgdrop.service
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop@.service > $(UNITDIR)/cgdrop@.service
 	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cgdrop.service > $(UNITDIR)/cgdrop.service
 ifneq ($(CGROUP),)
 	$(BINDIR)/cgdrop pin --cgroup $(CGROUP) --create $(CGDROP_FLAGS)

@@ -211,3 +211,65 @@ fn systemd_drop_in_programs_attach_as_systemd_would() {
     let err = refused(&["systemd", "--unit", "x.scope"]);
     assert!(err.contains("is a scope"), "{err}");
 }
+
+/// Runs docker; Ok(stdout) when it succeeds.
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker").args(args).output().map_err(|e| format!("docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Removes the test's container and image, also when the test fails.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+        let _ = docker(&["rmi", "-f", &self.0]);
+    }
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn a_real_docker_container_by_name() {
+    // Needs a running Docker engine and a static busybox to build a tiny
+    // image offline; where either is missing it says so and passes.
+    if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
+        eprintln!("skipped: no Docker engine answers here ({})", e.lines().next().unwrap_or(""));
+        return;
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        eprintln!("skipped: no /bin/busybox to build a test image from (apt-get install busybox-static)");
+        return;
+    }
+    let name = format!("cgdrop-test-ctr-{}", std::process::id());
+    let _cleanup = Container(name.clone());
+    let root = common::TempPath::new("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for tool in ["sh", "sleep", "nc"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    let tar = Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -C {} -c . | docker import - {name}", root.display()))
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "docker import: {}", String::from_utf8_lossy(&tar.stderr));
+    // Host networking: the container reaches the test's server on loopback.
+    docker(&["run", "-d", "--network", "host", "--name", &name, &name, "/bin/sleep", "60"]).unwrap();
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "30");
+    let reach = || docker(&["exec", &name, "/bin/sh", "-c", &format!("echo x | nc -w 1 127.0.0.1 {port}")]).is_ok();
+    assert!(reach(), "the container reaches the server before the policy");
+    let id = docker(&["inspect", "--format", "{{.Id}}", &name]).unwrap();
+    let said = ok(&["pin", "--container", &name, "--block", "127.0.0.0/8"]);
+    assert!(said.contains(&id), "the container's cgroup is named after its id: {said}");
+    let _unpin = Unpin(said.split_whitespace().find(|w| w.contains(&id)).unwrap_or_default().to_string());
+    assert!(!reach(), "the container is fenced by name");
+    ok(&["unpin", "--container", &id[..12]]);
+    assert!(reach(), "and free again");
+}
