@@ -129,6 +129,7 @@ pub fn per_packet_cost() -> Result<String> {
             rules_file: None,
             cli_rules: Vec::new(),
             log_rate: config.log_rate,
+            kill_existing: false,
             silent: false,
             dry_run: false,
         };

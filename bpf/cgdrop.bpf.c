@@ -16,6 +16,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "cgdrop.h"
 
 #define ETH_P_IP 0x0800
@@ -139,6 +140,19 @@ struct {
 	__type(key, int);
 	__type(value, struct cgdrop_owner);
 } owners SEC(".maps");
+
+/*
+ * Non-zero while `--kill-existing` closes sockets: the egress program then
+ * lets out the reset of a socket cgdrop marked CGDROP_OWNER_CLOSING (the
+ * peer learns the connection is gone). Zero otherwise: the drop path then
+ * costs one array lookup more.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} killing SEC(".maps");
 
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
@@ -636,7 +650,7 @@ static __always_inline void skb_event(struct __sk_buff *skb, __u32 slot, bool eg
 		sk = bpf_sk_fullsock(sk);
 	if (sk) {
 		o = bpf_sk_storage_get(&owners, sk, 0, 0);
-		if (o) {
+		if (o && (o->flags & CGDROP_OWNER_KNOWN)) {
 			ev->owner_known = 1;
 			ev->pid = o->pid;
 			ev->tgid = o->tgid;
@@ -645,6 +659,29 @@ static __always_inline void skb_event(struct __sk_buff *skb, __u32 slot, bool eg
 		}
 	}
 	event_send(ev);
+}
+
+/*
+ * A packet of a socket cgdrop is closing (--kill-existing): the reset that
+ * bpf_sock_destroy sends, while cgdrop holds the socket's lock (nothing else
+ * can be sent from it then, and nothing after: it is closed).
+ */
+static __always_inline bool closing_socket(struct __sk_buff *skb)
+{
+	struct cgdrop_owner *o;
+	struct bpf_sock *sk;
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&killing, &zero);
+
+	if (!on || !*on)
+		return false;
+	sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return false;
+	o = bpf_sk_storage_get(&owners, sk, 0, 0);
+	return o && (o->flags & CGDROP_OWNER_CLOSING);
 }
 
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
@@ -662,6 +699,8 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		count(&c->bytes, len);
 	}
 	if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS, &pkt, &m))
+		return 1;
+	if (direction == CGDROP_DIR_EGRESS && closing_socket(skb))
 		return 1;
 	if (c) {
 		count(&c->dropped_packets, segs);
@@ -712,6 +751,7 @@ static __always_inline void record_owner(void *sk)
 	o->pid = (__u32)pid_tgid;
 	o->tgid = pid_tgid >> 32;
 	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->flags |= CGDROP_OWNER_KNOWN;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
@@ -828,6 +868,138 @@ int cgdrop_sock_create(struct bpf_sock *sk)
 {
 	record_owner(sk);
 	return 1;
+}
+
+/*
+ * Sockets made before the policy (or brought into the cgroup): the `iter/tcp`
+ * and `iter/udp` programs find the connected sockets of the cgroup and its
+ * descendants that the policy would drop, write a cgdrop_sock_rec for each,
+ * and with iter_kill close them with bpf_sock_destroy (Linux 6.5). They are
+ * loaded ('?') only by a second instance of this object that shares the
+ * policy's rule maps, never with the policy's programs: a kernel without
+ * the kfunc must still load those.
+ */
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym __weak;
+
+/* The record being built (off the stack; its type reaches the skeleton this way). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cgdrop_sock_rec);
+} sock_rec SEC(".maps");
+
+/* Set before the iterator instance is loaded. */
+__u64 iter_cgroup_id SEC(".data.iter") = 0;
+__u32 iter_kill SEC(".data.iter") = 0;
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TCP_ESTABLISHED 1
+#define TCP_TIME_WAIT 6
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
+
+/* Whether the socket's cgroup is iter_cgroup_id or below it. */
+static __always_inline bool in_target_cgroup(struct sock *sk)
+{
+	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+
+	for (int i = 0; i < 32 && cg; i++) {
+		if (BPF_CORE_READ(cg, kn, id) == iter_cgroup_id)
+			return true;
+		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+	}
+	return false;
+}
+
+/* `skc` is the iterator's own (trusted) pointer, which bpf_sock_destroy takes; `sk` the same socket as a full socket. */
+static __always_inline void judge_socket(struct seq_file *seq, struct sock_common *skc, struct sock *sk, __u8 proto)
+{
+	struct cgdrop_sock_rec *rec;
+	struct cgdrop_owner *o;
+	struct match m = {};
+	__u32 zero = 0;
+	__u16 family = sk->__sk_common.skc_family;
+	__u8 state = sk->__sk_common.skc_state;
+
+	/* The interface of a connection's next packet is not known here. */
+	if (!iter_cgroup_id || cfg.ifindex || !in_target_cgroup(sk))
+		return;
+	rec = bpf_map_lookup_elem(&sock_rec, &zero);
+	if (!rec)
+		return;
+	__builtin_memset(rec, 0, sizeof(*rec));
+	/* Only connections: a TCP listener or a closed socket, an unconnected UDP socket, has no peer. */
+	if (state == TCP_LISTEN || state == TCP_CLOSE || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		return;
+	rec->proto = proto;
+	rec->state = state;
+	rec->local_port = sk->__sk_common.skc_num;
+	rec->remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		__u32 l = sk->__sk_common.skc_rcv_saddr, r = sk->__sk_common.skc_daddr;
+
+		if (!r)
+			return;
+		rec->family = 4;
+		__builtin_memcpy(rec->local, &l, 4);
+		__builtin_memcpy(rec->remote, &r, 4);
+	} else if (family == AF_INET6) {
+		rec->family = 6;
+		BPF_CORE_READ_INTO(rec->local, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(rec->remote, sk, __sk_common.skc_v6_daddr);
+	} else {
+		return;
+	}
+	if (!rec->remote_port && proto == IPPROTO_UDP)
+		return;
+	/* What the skb programs judge: the port filter, then the remote address and port. */
+	if (cfg.port && rec->local_port != cfg.port && rec->remote_port != cfg.port)
+		return;
+	if (!policy_drops(rec->family, rec->remote, rec->remote_port, &m))
+		return;
+	o = bpf_sk_storage_get(&owners, sk, 0, iter_kill ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (o && (o->flags & CGDROP_OWNER_KNOWN)) {
+		rec->owner_known = 1;
+		rec->pid = o->tgid;
+		rec->uid = o->uid;
+		__builtin_memcpy(rec->comm, o->comm, sizeof(rec->comm));
+	}
+	if (iter_kill && !(cfg.modes & CGDROP_MODE_DRY_RUN)) {
+		if (o)
+			o->flags |= CGDROP_OWNER_CLOSING;
+		rec->error = bpf_sock_destroy(skc);
+		rec->closed = rec->error == 0;
+	}
+	bpf_seq_write(seq, rec, sizeof(*rec));
+}
+
+SEC("?iter/tcp")
+int cgdrop_iter_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	judge_socket(ctx->meta->seq, skc, (struct sock *)tp, IPPROTO_TCP);
+	return 0;
+}
+
+SEC("?iter/udp")
+int cgdrop_iter_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+
+	if (!udp)
+		return 0;
+	judge_socket(ctx->meta->seq, (struct sock_common *)udp, (struct sock *)udp, IPPROTO_UDP);
+	return 0;
 }
 
 #ifndef CGDROP_NO_TEST_PROGRAMS

@@ -192,8 +192,43 @@ struct cgdrop_owner {
 	__u32 pid;
 	__u32 tgid;
 	__u32 uid;
-	__u32 pad;
+	/* CGDROP_OWNER_*: flags. */
+	__u32 flags;
 	char comm[16];
+};
+
+enum cgdrop_owner_flags {
+	/* The pid/tgid/uid/comm fields are set. */
+	CGDROP_OWNER_KNOWN = 1,
+	/* cgdrop closes this socket (--kill-existing): its reset may leave. */
+	CGDROP_OWNER_CLOSING = 2,
+};
+
+/*
+ * One socket of the cgroup that the policy would drop, written by the
+ * `iter/tcp` and `iter/udp` programs (`cgdrop status --sockets`,
+ * `--kill-existing`).
+ */
+struct cgdrop_sock_rec {
+	__u8 local[16];
+	__u8 remote[16];
+	__u32 pid;
+	__u32 uid;
+	char comm[16];
+	__u16 local_port;
+	__u16 remote_port;
+	/* 4 or 6. */
+	__u8 family;
+	/* IPPROTO_TCP or IPPROTO_UDP. */
+	__u8 proto;
+	/* TCP_* state (UDP: 1 = connected). */
+	__u8 state;
+	/* 1: closed with bpf_sock_destroy. */
+	__u8 closed;
+	__u8 owner_known;
+	__u8 pad[3];
+	/* The error bpf_sock_destroy returned (0 = none). */
+	__s32 error;
 };
 
 /*

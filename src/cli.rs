@@ -188,6 +188,10 @@ pub enum Command {
         /// One JSON array on stdout.
         #[arg(long)]
         json: bool,
+        /// Also list each policy's connections that were open before it and
+        /// that it drops (they stay open until `--kill-existing` or a timeout).
+        #[arg(long)]
+        sockets: bool,
     },
     /// Show the counters of pinned policies.
     Stats(StatsArgs),
@@ -371,6 +375,9 @@ pub enum RuleCommand {
         /// Remove the rule after DURATION (30s, 5m, 1h, 2d).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// Close the cgroup's open connections a deny rule now drops (as for `pin`).
+        #[arg(long)]
+        kill_existing: bool,
     },
     /// Delete a rule from a pinned policy.
     Del {
@@ -447,6 +454,13 @@ pub struct PolicyArgs {
     /// the address and the rule; what is left out is counted); 0 = none.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub log_rate: u32,
+
+    /// Close the cgroup's TCP and UDP connections that the policy drops and
+    /// that were open before it (bpf_sock_destroy, Linux 6.5): the
+    /// application gets ECONNABORTED instead of a hang. Without it, cgdrop
+    /// says how many stay open (`cgdrop status --sockets` lists them).
+    #[arg(long)]
+    pub kill_existing: bool,
 }
 
 /// Reports a clap error as cgdrop reports every error: one line on stderr,

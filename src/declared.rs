@@ -56,6 +56,9 @@ struct Decl {
     #[serde(default)]
     dry_run: bool,
     log_rate: Option<u32>,
+    /// Close connections made before the policy that it drops (as --kill-existing).
+    #[serde(default)]
+    kill_existing: bool,
     /// Keep the rules `cgdrop rule add` put in the pinned policy when it is replaced.
     #[serde(default)]
     keep_live_rules: bool,
@@ -189,6 +192,7 @@ fn read_file(path: &Path) -> Result<Vec<Declared>> {
             silent: d.silent,
             dry_run: d.dry_run,
             log_rate: d.log_rate.unwrap_or(100),
+            kill_existing: d.kill_existing,
         };
         let policy = Policy::from_args(&args).map_err(|e| anyhow!("{at}: policy {name}: {e:#}"))?;
         out.push(Declared { name, at, target, create: d.create, policy, keep_live_rules: d.keep_live_rules });

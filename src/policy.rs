@@ -28,6 +28,8 @@ pub struct Policy {
     pub dry_run: bool,
     /// Drop/reject events per second at most (`--log-rate`); 0 = none.
     pub log_rate: u32,
+    /// Close the cgroup's connections the policy drops when it is attached.
+    pub kill_existing: bool,
 }
 
 impl Policy {
@@ -62,6 +64,7 @@ impl Policy {
             silent: args.silent,
             dry_run: args.dry_run,
             log_rate: args.log_rate,
+            kill_existing: args.kill_existing,
         };
         let file_rules = match &args.rules_file {
             Some(path) => rules::read_rules_file(path)?,

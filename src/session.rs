@@ -6,6 +6,7 @@
 use std::{
     io::IsTerminal,
     mem::MaybeUninit,
+    os::fd::AsFd,
     process::ExitStatus,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -31,9 +32,11 @@ use crate::{
         process::{spawn_in_cgroup, Child, Cmd},
     },
     kernel::{
+        config::Config,
         loader,
         rulemaps::Installed,
         skel::CgdropSkel,
+        sockets,
         stats::{self, Stats},
     },
     output::{self, EventFormat, Rates, Redraw},
@@ -119,6 +122,22 @@ pub fn session(
         if cmd.is_some() { "running the command" } else { "Ctrl-C to detach" }
     );
 
+    // A fresh cgroup (`run`) has no sockets from before.
+    if !tally {
+        let shared = sockets::Shared {
+            rules_v4: skel.maps.rules_v4.as_fd(),
+            rules_v6: skel.maps.rules_v6.as_fd(),
+            owners: skel.maps.owners.as_fd(),
+            killing: skel.maps.killing.as_fd(),
+            has_rules: skel.maps.bss_data.as_deref().map_or(0, |b| b.has_rules),
+            has_port_rules: skel.maps.bss_data.as_deref().map_or(0, |b| b.has_port_rules),
+            unmatched_pass: skel.maps.bss_data.as_deref().map_or(0, |b| b.unmatched_pass),
+        };
+        let result = sockets::scan(&Config::of(&policy), &shared, cgroup.id, policy.kill_existing);
+        if let Some(line) = sockets::describe(&result, policy.kill_existing, policy.dry_run) {
+            crate::say!("{line}");
+        }
+    }
     // Events are read when they are shown, or tallied for the summary.
     let logger = if (log.is_some() || tally) && policy.log_rate > 0 { Some(Logger::start(&skel, log)?) } else { None };
     let child = match cmd {

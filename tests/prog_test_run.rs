@@ -38,6 +38,7 @@ fn policy(port: Option<u16>, ifindex: u32) -> Policy {
         rules_file: None,
         cli_rules: Vec::new(),
         log_rate: 0,
+        kill_existing: false,
         silent: false,
         dry_run: false,
     }

@@ -244,7 +244,9 @@ fn execute(decls: &[Declared], steps: Vec<Step>) -> Result<usize> {
 
 fn pin_declared(d: &Declared, location: Location, replace: bool) -> Result<()> {
     let origin = Origin { target: d.target.recorded(), applied_as: d.name.clone(), keep_live_rules: d.keep_live_rules };
-    pin::pin_on(&d.policy, location, replace, &origin).with_context(|| format!("{}: policy {}", d.at, d.name))?;
+    let at =
+        pin::pin_on(&d.policy, location, replace, &origin).with_context(|| format!("{}: policy {}", d.at, d.name))?;
+    pin::existing_connections(&at.dir, &d.policy);
     Ok(())
 }
 

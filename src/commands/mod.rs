@@ -30,7 +30,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         Some(Command::Apply(args)) => apply::run(args, cli.verbose),
         Some(Command::Systemd(args)) => ok(systemd::run(args, cli.verbose)),
         Some(Command::Log(args)) => ok(log::run(args)),
-        Some(Command::Status { json }) => ok(report::status(*json)),
+        Some(Command::Status { json, sockets }) => ok(report::status(*json, *sockets)),
         Some(Command::Stats(args)) => ok(report::stats(args)),
         Some(Command::Rule { command }) => ok(rule::run(command)),
         Some(Command::Completions { shell }) => ok(completions(*shell)),

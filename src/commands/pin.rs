@@ -53,7 +53,17 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
         output::describe(&policy),
         pinned.dir.display()
     );
+    existing_connections(&pinned.dir, &policy);
     Ok(())
+}
+
+/// After a policy is pinned: closes (`--kill-existing`) or counts the
+/// cgroup's connections it drops that were open before it, and says so.
+pub fn existing_connections(dir: &Path, policy: &Policy) {
+    let result = Pinned::open(dir).and_then(|p| p.sockets(policy.kill_existing));
+    if let Some(line) = crate::kernel::sockets::describe(&result, policy.kill_existing, policy.dry_run) {
+        crate::say!("{line}");
+    }
 }
 
 /// What a pinned policy records about who pinned it, and whether `rule add`

@@ -65,10 +65,13 @@ struct StatusJson {
     pinned_at: u64,
     /// How long ago, by the boot-time clock (wall-clock changes do not count).
     pinned_for_secs: u64,
+    /// With --sockets: the connections made before the policy that it drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sockets: Option<Vec<crate::kernel::sockets::Conn>>,
 }
 
 /// `cgdrop status [--json]`.
-pub fn status(json: bool) -> Result<()> {
+pub fn status(json: bool, sockets: bool) -> Result<()> {
     preflight::check()?;
     let mut out = Vec::new();
     for p in Pinned::list()? {
@@ -100,6 +103,7 @@ pub fn status(json: bool) -> Result<()> {
                 pin_dir: p.dir.to_string_lossy().into_owned(),
                 pinned_at: p.pinned_at,
                 pinned_for_secs: p.pinned_for_secs()?,
+                sockets: if sockets { Some(p.sockets(false)?) } else { None },
             },
         ));
     }
@@ -123,6 +127,12 @@ pub fn status(json: bool) -> Result<()> {
         crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_for_secs));
         for line in output::table(&s.stats, s.policy.dry_run).lines() {
             crate::outln!("  {line}");
+        }
+        if let Some(conns) = &s.sockets {
+            crate::outln!("  open connections it drops (made before it): {}", conns.len());
+            for c in conns {
+                crate::outln!("    {c}");
+            }
         }
     }
     Ok(())

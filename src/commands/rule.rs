@@ -63,13 +63,15 @@ fn path(t: &RuleTarget) -> Result<std::path::PathBuf> {
 pub fn run(command: &RuleCommand) -> Result<()> {
     preflight::check()?;
     match command {
-        RuleCommand::Add { target, action, rule, ttl } => add(&path(target)?, *action, rule, *ttl),
+        RuleCommand::Add { target, action, rule, ttl, kill_existing } => {
+            add(&path(target)?, *action, rule, *ttl, *kill_existing)
+        }
         RuleCommand::Del { target, words } => del(&path(target)?, words),
         RuleCommand::List { target, json } => list(&path(target)?, *json),
     }
 }
 
-fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>) -> Result<()> {
+fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>, kill_existing: bool) -> Result<()> {
     let (p, _lock) = locked(cgroup)?;
     live_rules(&p)?;
     let maps = maps(&p);
@@ -98,6 +100,12 @@ fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>) ->
     maps.put(&Entry { target: *target, action, expires_ns, live: true })?;
     let lifetime = ttl.map_or(String::new(), |t| format!(" for {}", format_secs(t.as_secs())));
     crate::say!("cgdrop: {action} {target}{lifetime} on {}{note}", p.cgroup_path);
+    if action == Action::Deny {
+        let dry_run = p.config()?.dry_run;
+        if let Some(line) = crate::kernel::sockets::describe(&p.sockets(kill_existing), kill_existing, dry_run) {
+            crate::say!("{line}");
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod hits;
 pub mod loader;
 pub mod rulekeys;
 pub mod rulemaps;
+pub mod sockets;
 pub mod stats;
 
 /// The skeleton libbpf-cargo generated from bpf/cgdrop.bpf.c (see build.rs).

@@ -5,7 +5,7 @@
 use std::{
     fs,
     os::{
-        fd::{AsRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, OwnedFd},
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
@@ -25,6 +25,7 @@ use crate::{
         loader::Hook,
         rulemaps::{self, RuleMaps},
         skel::CgdropSkel,
+        sockets,
     },
     pins::bpffs,
 };
@@ -46,6 +47,8 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
         ("events", &mut m.events),
         ("event_budget", &mut m.event_budget),
         ("rule_hits", &mut m.rule_hits),
+        ("owners", &mut m.owners),
+        ("killing", &mut m.killing),
     ] {
         let path = dir.join(name);
         map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
@@ -90,6 +93,8 @@ pub struct Pinned {
     pub events: MapHandle,
     pub event_budget: MapHandle,
     pub rule_hits: MapHandle,
+    owners: MapHandle,
+    killing: MapHandle,
     rodata: MapHandle,
     bss: MapHandle,
 }
@@ -153,6 +158,8 @@ impl Pinned {
             events: open_map(dir, "events")?,
             event_budget: open_map(dir, "event_budget")?,
             rule_hits: open_map(dir, "rule_hits")?,
+            owners: open_map(dir, "owners")?,
+            killing: open_map(dir, "killing")?,
             rodata: open_map(dir, "rodata")?,
             bss: open_map(dir, "bss")?,
         })
@@ -226,6 +233,22 @@ impl Pinned {
         map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .with_context(|| format!("reading {}/{name}", self.dir.display()))?
             .with_context(|| format!("{}/{name} is empty", self.dir.display()))
+    }
+
+    /// The cgroup's connections this policy drops that are open (made before
+    /// it); with `kill`, closed (see `kernel::sockets`).
+    pub fn sockets(&self, kill: bool) -> Result<Vec<sockets::Conn>> {
+        let b = self.bss()?;
+        let shared = sockets::Shared {
+            rules_v4: self.rules_v4.as_fd(),
+            rules_v6: self.rules_v6.as_fd(),
+            owners: self.owners.as_fd(),
+            killing: self.killing.as_fd(),
+            has_rules: b.has_rules,
+            has_port_rules: b.has_port_rules,
+            unmatched_pass: b.unmatched_pass,
+        };
+        sockets::scan(&self.config()?, &shared, self.id, kill)
     }
 
     fn bss(&self) -> Result<crate::kernel::skel::types::bss> {
