@@ -169,7 +169,16 @@ struct pkt_info {
 	/* The header chain could not be walked to its end: the verdict cannot be decided. */
 	__u8 undecided;
 	__u8 has_ports;
+	/* Where the ports are (the transport header), and whether it is TCP's. */
+	__u16 l4_off;
+	__u8 is_tcp;
 };
+
+/* Whether a port (host order) is in the policy's --port range; false with no range. */
+static __always_inline bool in_port_range(__u16 port)
+{
+	return port >= cfg.port && port <= cfg.port_hi;
+}
 
 static __always_inline struct cgdrop_counters *counters(__u32 slot)
 {
@@ -376,6 +385,7 @@ static __always_inline void read_ports(struct __sk_buff *skb, __u32 off, struct 
 	pkt->sport = bpf_ntohs(p->source);
 	pkt->dport = bpf_ntohs(p->dest);
 	pkt->has_ports = 1;
+	pkt->l4_off = off;
 }
 
 static __always_inline bool proto_has_ports(__u8 proto)
@@ -402,6 +412,7 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *p
 	ihl = ip->ihl;
 	if (ihl < 5)
 		return;
+	pkt->is_tcp = ip->protocol == IPPROTO_TCP;
 	read_ports(skb, ihl * 4, pkt);
 }
 
@@ -496,6 +507,7 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *p
 		goto undecided;
 	if (!proto_has_ports(next))
 		return;
+	pkt->is_tcp = next == IPPROTO_TCP;
 	read_ports(skb, off, pkt);
 	return;
 undecided:
@@ -525,7 +537,7 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress, struct
 		return true;
 	}
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
-	if (cfg.port && !(pkt->has_ports && (pkt->sport == cfg.port || pkt->dport == cfg.port)))
+	if (cfg.port && !(pkt->has_ports && (in_port_range(pkt->sport) || in_port_range(pkt->dport))))
 		return false;
 	port = pkt->has_ports ? (egress ? pkt->dport : pkt->sport) : 0;
 	if (pkt->has_final && policy_drops(pkt->family, pkt->final_addr, port, m))
@@ -684,6 +696,27 @@ static __always_inline bool closing_socket(struct __sk_buff *skb)
 	return o && (o->flags & CGDROP_OWNER_CLOSING);
 }
 
+/* TCP flags */
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/*
+ * --no-new-inbound: an inbound TCP connection request (SYN without ACK).
+ * Parses the packet into `pkt` (which the rules then use as it is).
+ */
+static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *pkt)
+{
+	__u8 flags;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		parse_ipv4(skb, pkt, false);
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		parse_ipv6(skb, pkt, false);
+	if (!pkt->is_tcp || !pkt->has_ports || bpf_skb_load_bytes(skb, pkt->l4_off + 13, &flags, 1))
+		return false;
+	return (flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK);
+}
+
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
 static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction)
 {
@@ -698,7 +731,9 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		count(&c->packets, segs);
 		count(&c->bytes, len);
 	}
-	if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS, &pkt, &m))
+	if (direction == CGDROP_DIR_INGRESS && (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) && new_inbound(skb, &pkt))
+		m.reason = CGDROP_REASON_NEW_INBOUND;
+	else if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS, &pkt, &m))
 		return 1;
 	if (direction == CGDROP_DIR_EGRESS && closing_socket(skb))
 		return 1;
@@ -811,7 +846,7 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 		if (!proto_has_ports(ctx->protocol))
 			return 1;
 		/* A socket bound to the filtered port sends from it. */
-		if (remote_port != cfg.port && ctx->sk->src_port != cfg.port)
+		if (!in_port_range(remote_port) && !in_port_range(ctx->sk->src_port))
 			return 1;
 	}
 	if (family == 4) {
@@ -830,7 +865,12 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	if (c)
 		count(&c->dropped_packets, 1);
 	sock_event(ctx, slot, family, ip6, remote_port, &m);
-	return (cfg.modes & CGDROP_MODE_DRY_RUN) ? 1 : 0;
+	if (cfg.modes & CGDROP_MODE_DRY_RUN)
+		return 1;
+	/* --reject-with: the errno the call fails with instead of EPERM (Linux 5.18). */
+	if (cfg.reject_errno)
+		bpf_set_retval(-(int)cfg.reject_errno);
+	return 0;
 }
 
 SEC("cgroup/connect4")
@@ -956,7 +996,7 @@ static __always_inline void judge_socket(struct seq_file *seq, struct sock_commo
 	if (!rec->remote_port && proto == IPPROTO_UDP)
 		return;
 	/* What the skb programs judge: the port filter, then the remote address and port. */
-	if (cfg.port && rec->local_port != cfg.port && rec->remote_port != cfg.port)
+	if (cfg.port && !in_port_range(rec->local_port) && !in_port_range(rec->remote_port))
 		return;
 	if (!policy_drops(rec->family, rec->remote, rec->remote_port, &m))
 		return;

@@ -41,6 +41,8 @@ enum cgdrop_mode {
 	CGDROP_MODE_SILENT = 1,
 	/* Count what would be dropped; drop nothing. */
 	CGDROP_MODE_DRY_RUN = 2,
+	/* Drop inbound TCP connection requests (SYN without ACK) to the cgroup's sockets. */
+	CGDROP_MODE_NO_NEW_INBOUND = 4,
 };
 
 /* What a rule does to the traffic it matches. */
@@ -85,7 +87,8 @@ struct cgdrop_config {
 	__u32 ifindex;
 	/* TCP/UDP port (host order) a packet's source or destination must have; 0 = any. */
 	__u16 port;
-	__u16 pad;
+	/* The last port of the range that starts at `port`. */
+	__u16 port_hi;
 	/* CGDROP_DIR_* bits: the directions whose traffic is dropped. */
 	enum cgdrop_direction directions;
 	/* CGDROP_MODE_* bits. */
@@ -100,7 +103,8 @@ struct cgdrop_config {
 	char iface[16];
 	/* Drop and reject events each CPU may emit per second; 0 = no events. */
 	__u32 events_per_cpu;
-	__u32 pad2;
+	/* The errno a rejected connect()/sendmsg() gets; 0 = EPERM (the kernel's own). */
+	__u32 reject_errno;
 };
 
 /* What happened to the traffic an event is about. */
@@ -120,6 +124,8 @@ enum cgdrop_reason {
 	CGDROP_REASON_DEFAULT = 2,
 	/* The header chain or the expired rules could not be looked past: dropped undecided. */
 	CGDROP_REASON_UNDECIDED = 3,
+	/* --no-new-inbound: an inbound connection request. */
+	CGDROP_REASON_NEW_INBOUND = 4,
 };
 
 /*

@@ -9,7 +9,8 @@ set -euo pipefail
 # make: build libbpf-sys's vendored libbpf; bpftool: gen-vmlinux.sh and tests
 # (`bpftool cgroup show`); iproute2: veth/netns tests; curl: the README example;
 # python3: tests/netprobe.py, the tests' traffic generator; util-linux: setpriv.
-packages=(clang llvm gcc make pkg-config libelf-dev zlib1g-dev bpftool iproute2 curl python3 util-linux)
+# netbase: /etc/services, for service names in --port and rules (`https`).
+packages=(clang llvm gcc make pkg-config libelf-dev zlib1g-dev bpftool iproute2 curl python3 util-linux netbase)
 # `deps.sh bench`: what `make bench` compares cgdrop with.
 if [ "${1:-}" = bench ]; then
   packages+=(iperf3 nftables)

@@ -6,7 +6,7 @@ use clap::{error::ErrorKind, ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
     host::target::CgroupTarget,
-    rules::{parse_duration, Action, Target},
+    rules::{parse_duration, Action, PortRange, RejectWith, Targets},
 };
 
 /// Drop the network traffic of every process of one cgroup v2, with eBPF.
@@ -370,8 +370,8 @@ pub enum RuleCommand {
         target: RuleTarget,
         /// allow or deny.
         action: Action,
-        /// CIDR[:PORT], as for --block and --allow.
-        rule: Target,
+        /// CIDR[:PORT], as for --block and --allow (a port range adds a rule per port).
+        rule: Targets,
         /// Remove the rule after DURATION (30s, 5m, 1h, 2d).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         ttl: Option<Duration>,
@@ -419,22 +419,24 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "NAME")]
     pub iface: Option<String>,
 
-    /// Only drop TCP and UDP packets whose source or destination port is N
-    /// (1-65535). Packets without ports (ICMP, fragments) are then not dropped.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Option<u16>,
+    /// Only drop TCP and UDP packets whose source or destination port is N:
+    /// a number (1-65535), a range (8000-8100) or a service name from
+    /// /etc/services (https). Packets without ports (ICMP, fragments) are
+    /// then not dropped.
+    #[arg(long, value_name = "N")]
+    pub port: Option<PortRange>,
 
     /// Drop traffic to or from RULE (CIDR[:PORT]: 10.0.0.0/8, 8.8.8.8:53,
     /// 2001:db8::/32, [2001:db8::1]:443). Repeatable. With any deny rule the
     /// policy is a block list: traffic no rule matches passes.
     #[arg(long, value_name = "RULE")]
-    pub block: Vec<Target>,
+    pub block: Vec<Targets>,
 
     /// Let traffic to or from RULE through. Repeatable. Without deny rules only
     /// allowed traffic passes (--allow 127.0.0.0/8 --allow ::1: loopback only).
     /// The longest prefix wins; a rule with a port beats one without.
     #[arg(long, value_name = "RULE")]
-    pub allow: Vec<Target>,
+    pub allow: Vec<Targets>,
 
     /// Read rules from FILE: one `allow|deny RULE [ttl=DURATION]` per line
     /// (ttl: 30s, 5m, 1h, 2d), `#` comments. SIGHUP reloads it.
@@ -461,6 +463,19 @@ pub struct PolicyArgs {
     /// says how many stay open (`cgdrop status --sockets` lists them).
     #[arg(long)]
     pub kill_existing: bool,
+
+    /// The error a rejected connect() or sendto() gets: eperm (the default),
+    /// refused (ECONNREFUSED, as a closed port: wget and other clients that
+    /// retry EPERM give up at once) or reset (ECONNRESET). Packets dropped on
+    /// the wire get no answer either way.
+    #[arg(long, value_name = "ERROR", default_value = "eperm")]
+    pub reject_with: RejectWith,
+
+    /// Drop inbound TCP connection requests to the cgroup's servers (SYN
+    /// without ACK), while their own outgoing connections and the connections
+    /// they already have keep working. Alone, it drops nothing else.
+    #[arg(long)]
+    pub no_new_inbound: bool,
 }
 
 /// Reports a clap error as cgdrop reports every error: one line on stderr,

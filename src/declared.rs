@@ -15,8 +15,16 @@ use crate::{
     cli::PolicyArgs,
     host::target::{self, CgroupTarget},
     policy::Policy,
-    rules::Target,
+    rules::{PortRange, RejectWith, Targets},
 };
+
+/// `port = 443` or `port = "8000-8100"` / `"https"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortSpec {
+    Number(i64),
+    Text(String),
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +56,7 @@ struct Decl {
     block: Vec<Spanned<String>>,
     #[serde(default)]
     allow: Vec<Spanned<String>>,
-    port: Option<u16>,
+    port: Option<Spanned<PortSpec>>,
     iface: Option<String>,
     rules_file: Option<PathBuf>,
     #[serde(default)]
@@ -59,6 +67,11 @@ struct Decl {
     /// Close connections made before the policy that it drops (as --kill-existing).
     #[serde(default)]
     kill_existing: bool,
+    /// As --reject-with: "eperm", "refused" or "reset".
+    reject_with: Option<String>,
+    /// As --no-new-inbound.
+    #[serde(default)]
+    no_new_inbound: bool,
     /// Keep the rules `cgdrop rule add` put in the pinned policy when it is replaced.
     #[serde(default)]
     keep_live_rules: bool,
@@ -165,11 +178,11 @@ fn read_file(path: &Path) -> Result<Vec<Declared>> {
         if d.create && !matches!(target, CgroupTarget::Cgroup(_)) {
             bail!("{at}: policy {name}: create = true needs a cgroup target (systemd and the runtimes make theirs)");
         }
-        let rules = |list: &[Spanned<String>]| -> Result<Vec<Target>> {
+        let rules = |list: &[Spanned<String>]| -> Result<Vec<Targets>> {
             list.iter()
                 .map(|r| {
                     r.get_ref()
-                        .parse::<Target>()
+                        .parse::<Targets>()
                         .map_err(|e| anyhow!("{file}:{}: policy {name}: {e:#}", line_of(&text, r.span().start)))
                 })
                 .collect()
@@ -180,11 +193,16 @@ fn read_file(path: &Path) -> Result<Vec<Declared>> {
             egress: matches!(direction, Direction::Egress),
             both: matches!(direction, Direction::Both),
             iface: d.iface.clone(),
-            port: match d.port {
-                Some(0) => {
-                    bail!("{at}: policy {name}: port = 0 is not a port: use 1-65535, or leave port out for every port")
+            port: match &d.port {
+                None => None,
+                Some(spec) => {
+                    let given = match spec.get_ref() {
+                        PortSpec::Number(n) => n.to_string(),
+                        PortSpec::Text(t) => t.clone(),
+                    };
+                    let line = line_of(&text, spec.span().start);
+                    Some(given.parse::<PortRange>().map_err(|e| anyhow!("{file}:{line}: policy {name}: {e}"))?)
                 }
-                p => p,
             },
             block: rules(&d.block)?,
             allow: rules(&d.allow)?,
@@ -193,6 +211,15 @@ fn read_file(path: &Path) -> Result<Vec<Declared>> {
             dry_run: d.dry_run,
             log_rate: d.log_rate.unwrap_or(100),
             kill_existing: d.kill_existing,
+            reject_with: match d.reject_with.as_deref() {
+                None | Some("eperm") => RejectWith::Eperm,
+                Some("refused") => RejectWith::Refused,
+                Some("reset") => RejectWith::Reset,
+                Some(other) => {
+                    bail!("{at}: policy {name}: reject_with = \"{other}\": use \"eperm\", \"refused\" or \"reset\"")
+                }
+            },
+            no_new_inbound: d.no_new_inbound,
         };
         let policy = Policy::from_args(&args).map_err(|e| anyhow!("{at}: policy {name}: {e:#}"))?;
         out.push(Declared { name, at, target, create: d.create, policy, keep_live_rules: d.keep_live_rules });
@@ -223,7 +250,7 @@ mod tests {
         assert_eq!(d[0].target, CgroupTarget::Unit("nginx.service".into()));
         assert!(d[0].policy.egress && !d[0].policy.ingress);
         assert_eq!(d[0].policy.rules.len(), 3);
-        assert_eq!(d[0].policy.port, Some(443));
+        assert_eq!(d[0].policy.port, Some(PortRange { lo: 443, hi: 443 }));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::{
         stats::Stats,
     },
     policy::Policy,
-    rules::Action,
+    rules::{Action, RejectWith},
 };
 
 /// A line on stderr; write errors are ignored.
@@ -68,7 +68,13 @@ pub fn directions(ingress: bool, egress: bool) -> &'static str {
 pub fn describe(policy: &Policy) -> String {
     let dirs = directions(policy.ingress, policy.egress);
     let iface = policy.iface.as_ref().map_or("every interface".to_string(), |(n, _)| format!("interface {n}"));
-    let port = policy.port.map_or("every port".to_string(), |p| format!("port {p}"));
+    let port = policy.port.map_or("every port".to_string(), |p| {
+        if p.lo == p.hi {
+            format!("port {p}")
+        } else {
+            format!("ports {p}")
+        }
+    });
     // Targets, not lines: a target given twice is one rule.
     let count = |a| {
         let mut targets: Vec<_> = policy.rules.iter().filter(|r| r.action == a).map(|r| r.target).collect();
@@ -88,7 +94,16 @@ pub fn describe(policy: &Policy) -> String {
         (false, true) => " (silent)",
         _ => "",
     };
-    format!("{dirs} traffic on {iface}, {port}{rules}{mode}")
+    if policy.no_new_inbound && policy.rules.is_empty() {
+        return format!("new inbound TCP connections on {iface}, {port}{mode}");
+    }
+    let inbound = if policy.no_new_inbound { " and new inbound TCP connections" } else { "" };
+    let reject = match policy.reject_with {
+        RejectWith::Eperm => "",
+        RejectWith::Refused => "; rejected calls get ECONNREFUSED",
+        RejectWith::Reset => "; rejected calls get ECONNRESET",
+    };
+    format!("{dirs} traffic{inbound} on {iface}, {port}{rules}{mode}{reject}")
 }
 
 /// A pinned policy in a few words, from what its maps say.
@@ -103,7 +118,11 @@ pub fn describe_pinned(c: &Config, unmatched_pass: bool, allow: usize, deny: usi
             if elsewhere { ", in another network namespace" } else { "" }
         ),
     };
-    let port = if c.port == 0 { "every port".to_string() } else { format!("port {}", c.port) };
+    let port = match (c.port, c.port_hi) {
+        (0, _) => "every port".to_string(),
+        (lo, hi) if hi > lo => format!("ports {lo}-{hi}"),
+        (lo, _) => format!("port {lo}"),
+    };
     let mut s = format!(
         "{dirs} on {iface}, {port}; {allow} allow and {deny} deny rules; unmatched traffic {}",
         if unmatched_pass { "passes" } else { "is dropped" }
@@ -321,6 +340,7 @@ pub fn event(e: &Event, format: EventFormat) -> String {
                 Why::Rule(t, _) => format!("by deny {t}"),
                 Why::Default => "(no rule matched: the policy drops everything in scope)".into(),
                 Why::Undecided => "(could not be decided: headers or expired rules not looked past)".into(),
+                Why::NewInbound => "(a new inbound connection: --no-new-inbound)".into(),
             };
             format!(
                 "{} {:<8} {} {} {arrow} {who} {} {why}",
@@ -349,7 +369,7 @@ pub fn event(e: &Event, format: EventFormat) -> String {
                 "remote": b.remote.map(|a| a.to_string()),
                 "remote_port": b.remote_port,
                 "len": b.len,
-                "reason": match b.why { Why::Rule(..) => "rule", Why::Default => "default", Why::Undecided => "undecided" },
+                "reason": match b.why { Why::Rule(..) => "rule", Why::Default => "default", Why::Undecided => "undecided", Why::NewInbound => "new_inbound" },
                 "rule": rule,
                 "rule_expires_in_secs": (expires_ns != 0).then(|| expires_ns.saturating_sub(now_ns) / 1_000_000_000),
                 "pid": owner.map(|o| o.0),

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cli::PolicyArgs,
-    rules::{self, Action, Rule},
+    rules::{self, Action, PortRange, RejectWith, Rule},
 };
 
 /// What to drop, checked and resolved (interface name to index, rules file read).
@@ -16,7 +16,7 @@ pub struct Policy {
     /// Interface name and index; `None` means every interface.
     pub iface: Option<(String, u32)>,
     /// Port to match against source or destination; `None` means every port.
-    pub port: Option<u16>,
+    pub port: Option<PortRange>,
     /// The rules of the command line followed by those of the rules file.
     pub rules: Vec<Rule>,
     /// Where the file rules came from (SIGHUP re-reads it).
@@ -30,6 +30,9 @@ pub struct Policy {
     pub log_rate: u32,
     /// Close the cgroup's connections the policy drops when it is attached.
     pub kill_existing: bool,
+    /// Inbound TCP connection requests are dropped (and, with no rules, only they).
+    pub no_new_inbound: bool,
+    pub reject_with: RejectWith,
 }
 
 impl Policy {
@@ -52,7 +55,11 @@ impl Policy {
                 None => bail!("unknown interface '{name}': `ip link` lists the interfaces of this network namespace"),
             },
         };
-        let flags = args.block.iter().map(|t| (Action::Deny, t)).chain(args.allow.iter().map(|t| (Action::Allow, t)));
+        let flags = args
+            .block
+            .iter()
+            .flat_map(|t| t.0.iter().map(|t| (Action::Deny, t)))
+            .chain(args.allow.iter().flat_map(|t| t.0.iter().map(|t| (Action::Allow, t))));
         let mut policy = Self {
             ingress,
             egress,
@@ -65,6 +72,8 @@ impl Policy {
             dry_run: args.dry_run,
             log_rate: args.log_rate,
             kill_existing: args.kill_existing,
+            no_new_inbound: args.no_new_inbound,
+            reject_with: args.reject_with,
         };
         let file_rules = match &args.rules_file {
             Some(path) => rules::read_rules_file(path)?,
@@ -95,7 +104,8 @@ impl Policy {
     /// Whether traffic that no rule matches passes: only in a block list,
     /// that is a policy with at least one deny rule.
     pub fn unmatched_pass(&self) -> bool {
-        self.rules.iter().any(|r| r.action == Action::Deny)
+        // --no-new-inbound alone drops inbound connection requests and nothing else.
+        self.rules.iter().any(|r| r.action == Action::Deny) || (self.no_new_inbound && self.rules.is_empty())
     }
 
     /// The interface index for the BPF programs (0 = every interface).
@@ -158,9 +168,11 @@ mod tests {
 
     #[test]
     fn port_range() {
-        assert_eq!(policy(&["--port", "1"]).unwrap().port, Some(1));
-        assert_eq!(policy(&["--port", "65535"]).unwrap().port, Some(65535));
-        for bad in ["0", "65536", "-1", "http"] {
+        let range = |lo, hi| Some(PortRange { lo, hi });
+        assert_eq!(policy(&["--port", "1"]).unwrap().port, range(1, 1));
+        assert_eq!(policy(&["--port", "65535"]).unwrap().port, range(65535, 65535));
+        assert_eq!(policy(&["--port", "8000-8100"]).unwrap().port, range(8000, 8100));
+        for bad in ["0", "65536", "-1", "http-nosuch", "9-8", "1-65536", "a b"] {
             assert!(policy(&["--port", bad]).is_err(), "port {bad} accepted");
         }
     }

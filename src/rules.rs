@@ -31,6 +31,29 @@ impl fmt::Display for Action {
     }
 }
 
+/// The error a rejected connect() or sendto() gets (`--reject-with`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RejectWith {
+    /// EPERM ("Operation not permitted"): what cgroup programs give by default.
+    #[default]
+    Eperm,
+    /// ECONNREFUSED, as a closed port gives: clients that retry EPERM give up.
+    Refused,
+    /// ECONNRESET, as a reset connection gives.
+    Reset,
+}
+
+impl RejectWith {
+    /// The errno the BPF programs set; 0 leaves the kernel's EPERM.
+    pub fn errno(self) -> u32 {
+        match self {
+            RejectWith::Eperm => 0,
+            RejectWith::Refused => nix::libc::ECONNREFUSED as u32,
+            RejectWith::Reset => nix::libc::ECONNRESET as u32,
+        }
+    }
+}
+
 /// An address prefix and an optional port: what a rule matches. The address
 /// has its host bits cleared; IPv4-mapped IPv6 prefixes are stored as IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,6 +62,102 @@ pub struct Target {
     pub prefix: u8,
     /// 0 = any port.
     pub port: u16,
+}
+
+/// A port or an inclusive range of ports (`443`, `8000-8100`, `https`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    /// `N`, `N-M` (1-65535, N ≤ M) or a service name from /etc/services.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let number = |p: &str| match p.parse::<u16>() {
+            Ok(n) if n >= 1 && digits(p) => Ok(n),
+            _ => {
+                Err(format!("port '{p}' is not a number from 1 to 65535, a range such as 8000-8100, or a service name"))
+            }
+        };
+        if digits(s) {
+            return number(s).map(|n| Self { lo: n, hi: n });
+        }
+        if let Some((a, b)) = s.split_once('-').filter(|(a, b)| digits(a) && digits(b)) {
+            let (lo, hi) = (number(a)?, number(b)?);
+            if lo > hi {
+                return Err(format!("port range '{s}' ends before it starts: write {hi}-{lo}"));
+            }
+            return Ok(Self { lo, hi });
+        }
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(format!(
+                "port '{s}' is not a number from 1 to 65535, a range such as 8000-8100, or a service name"
+            ));
+        }
+        service_port(s).map(|p| Self { lo: p, hi: p })
+    }
+}
+
+/// The port of a service name (or alias) in /etc/services; TCP's entry first.
+pub fn service_port(name: &str) -> Result<u16, String> {
+    let text = fs::read_to_string("/etc/services")
+        .map_err(|e| format!("'{name}' is not a port, and /etc/services cannot be read to look it up: {e}"))?;
+    let mut udp = None;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let (Some(service), Some(spec)) = (words.next(), words.next()) else { continue };
+        if service != name && !words.any(|alias| alias == name) {
+            continue;
+        }
+        let Some((port, proto)) = spec.split_once('/') else { continue };
+        let Ok(port) = port.parse::<u16>() else { continue };
+        if proto == "tcp" {
+            return Ok(port);
+        }
+        udp.get_or_insert(port);
+    }
+    udp.ok_or_else(|| format!("port '{name}' is neither a number from 1 to 65535, a range such as 8000-8100, nor a service in /etc/services"))
+}
+
+/// The targets one rule argument stands for: a port range is one target per
+/// port (the kernel's tries match single ports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets(pub Vec<Target>);
+
+/// Ports one range in a rule may cover (each port is an entry in the tries).
+pub const MAX_RANGE_PORTS: u32 = 4096;
+
+impl FromStr for Targets {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cidr, port) = split_port(s)?;
+        let Some(port) = port else { return Target::from_str(s).map(|t| Self(vec![t])) };
+        let range: PortRange = port.parse()?;
+        let n = u32::from(range.hi) - u32::from(range.lo) + 1;
+        if n > MAX_RANGE_PORTS {
+            return Err(format!(
+                "port range {range} in '{s}' has {n} ports: a rule takes at most {MAX_RANGE_PORTS} (each is an entry in the kernel's table); split it, or use --port for the policy"
+            ));
+        }
+        let base = Target::from_str(cidr)?;
+        Ok(Self((range.lo..=range.hi).map(|p| Target { port: p, ..base }).collect()))
+    }
 }
 
 /// One rule: action, target, and how long it lives.
@@ -90,9 +209,9 @@ impl FromStr for Target {
         };
         let port = match port {
             None => 0,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n >= 1 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err(format!("port '{p}' is not a number from 1 to 65535")),
+            Some(p) => match p.parse::<PortRange>()? {
+                PortRange { lo, hi } if lo == hi => lo,
+                r => return Err(format!("port range {r} where one port is expected: give one port")),
             },
         };
         Ok(Target::new(addr, prefix, port))
@@ -126,8 +245,19 @@ fn split_port(s: &str) -> Result<(&str, Option<&str>), String> {
             let (addr, port) = s.split_once(':').unwrap_or((s, ""));
             Ok((addr, Some(port)))
         }
-        // An IPv6 address; its port, if any, needs brackets.
-        _ => Ok((s, None)),
+        // An IPv6 address; its port, if any, needs brackets. `2001:db8::1:443`
+        // is a valid address too, but most likely meant a port: refused.
+        _ => {
+            if let Some((addr, last)) = s.rsplit_once(':') {
+                let digits = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) && last.len() >= 2;
+                if !s.contains('/') && digits && addr.parse::<Ipv6Addr>().is_ok() {
+                    return Err(format!(
+                        "'{s}' is ambiguous: write [{addr}]:{last} for port {last} of {addr}, or {s}/128 for the address"
+                    ));
+                }
+            }
+            Ok((s, None))
+        }
     }
 }
 
@@ -185,12 +315,12 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>> {
         if line.is_empty() {
             continue;
         }
-        rules.push(parse_line(line).with_context(|| format!("line {}", i + 1))?);
+        rules.extend(parse_line(line).with_context(|| format!("line {}", i + 1))?);
     }
     Ok(rules)
 }
 
-fn parse_line(line: &str) -> Result<Rule> {
+fn parse_line(line: &str) -> Result<Vec<Rule>> {
     let mut words = line.split_whitespace();
     let action = match words.next() {
         Some("allow") => Action::Allow,
@@ -199,7 +329,7 @@ fn parse_line(line: &str) -> Result<Rule> {
         None => bail!("empty line"),
     };
     let Some(target) = words.next() else { bail!("'{line}' has no target after '{action}'") };
-    let target = Target::from_str(target).map_err(anyhow::Error::msg)?;
+    let targets = Targets::from_str(target).map_err(anyhow::Error::msg)?;
     let ttl = match words.next() {
         None => None,
         Some(w) => match w.strip_prefix("ttl=") {
@@ -210,7 +340,7 @@ fn parse_line(line: &str) -> Result<Rule> {
     if let Some(extra) = words.next() {
         bail!("unexpected '{extra}' at the end of the line");
     }
-    Ok(Rule { action, target, ttl })
+    Ok(targets.0.into_iter().map(|target| Rule { action, target, ttl }).collect())
 }
 
 /// The largest rules file read: room for the rule limit of both families
@@ -335,6 +465,8 @@ mod tests {
             ("[2001:db8::1]443", "after ']'"),
             ("[2001:db8::1]:", "port ''"),
             ("1.2.3.4 ", "not an IPv4 or IPv6 address"),
+            ("2001:db8::1:443", "ambiguous: write [2001:db8::1]:443"),
+            ("1.2.3.4:80-90", "port range 80-90 where one port is expected"),
         ] {
             let got = t(bad);
             assert!(got.starts_with("error: ") && got.contains(why), "{bad:?}: {got}");
@@ -394,5 +526,29 @@ mod tests {
         let err = check_conflicts(&rules).unwrap_err();
         assert!(err.to_string().contains("10.0.0.0/8 is both allowed and denied"), "{err}");
         check_conflicts(&parse_rules("deny 10.0.0.0/8\ndeny 10.0.0.0/8\nallow 10.0.0.0/8:80\n").unwrap()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_services() {
+        let ports = |s: &str| s.parse::<Targets>().map(|t| t.0.iter().map(|t| t.port).collect::<Vec<_>>());
+        assert_eq!(ports("10.0.0.0/8:8000-8003").unwrap(), [8000, 8001, 8002, 8003]);
+        assert_eq!(ports("[2001:db8::1]:8000-8001").unwrap(), [8000, 8001]);
+        assert_eq!(ports("10.0.0.1").unwrap(), [0]);
+        assert!(ports("10.0.0.1:1-65535").unwrap_err().contains("at most 4096"));
+        assert!(ports("10.0.0.1:9-8").unwrap_err().contains("ends before it starts"));
+        assert!(ports("2001:db8::1:443").unwrap_err().contains("[2001:db8::1]:443"));
+        assert_eq!(ports("2001:db8::1:443/128").unwrap(), [0], "with a prefix it is the address");
+        assert_eq!(ports("2001:db8::1").unwrap(), [0]);
+        if Path::new("/etc/services").exists() {
+            assert_eq!(ports("10.0.0.1:https").unwrap(), [443]);
+            assert_eq!(ports("10.0.0.1:domain").unwrap(), [53]);
+            assert_eq!("https".parse::<PortRange>().unwrap(), PortRange { lo: 443, hi: 443 });
+        }
+        assert!(ports("10.0.0.1:nosuchservice").unwrap_err().contains("nor a service in /etc/services"));
     }
 }

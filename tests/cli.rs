@@ -63,7 +63,8 @@ fn usage_errors_exit_2_with_one_line() {
     assert_error(&cgdrop(&[]), 2, &["--cgroup"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--port", "0"]), 2, &["'0'", "--port"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--port", "65536"]), 2, &["'65536'", "--port"]);
-    assert_error(&cgdrop(&["--cgroup", "x", "--port", "http"]), 2, &["'http'", "--port"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--port", "nosuchservice"]), 2, &["'nosuchservice'", "--port"]);
+    assert_error(&cgdrop(&["--cgroup", "x", "--port", "9-8"]), 2, &["ends before it starts"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--ingress", "--egress"]), 2, &["cannot be used with"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--interval", "0"]), 2, &["--interval"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--frobnicate"]), 2, &["--frobnicate"]);

@@ -33,12 +33,14 @@ fn policy(port: Option<u16>, ifindex: u32) -> Policy {
         ingress: true,
         egress: true,
         iface: (ifindex != 0).then(|| ("test".to_string(), ifindex)),
-        port,
+        port: port.map(|p| cgdrop::rules::PortRange { lo: p, hi: p }),
         rules: Vec::new(),
         rules_file: None,
         cli_rules: Vec::new(),
         log_rate: 0,
         kill_existing: false,
+        no_new_inbound: false,
+        reject_with: Default::default(),
         silent: false,
         dry_run: false,
     }
@@ -128,6 +130,22 @@ fn port_filter_matches_source_or_destination() {
             // Packets without ports never match a port filter.
             ("ipv4 icmp", ipv4(IPPROTO_ICMP, 0, &icmp()), PASS),
             ("ipv6 icmp", ipv6(IPPROTO_ICMPV6, &[], &icmp()), PASS),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn port_range_filter_matches_its_ends_and_nothing_outside() {
+    let range = Policy { port: Some(cgdrop::rules::PortRange { lo: 8000, hi: 8100 }), ..policy(None, 0) };
+    check(
+        &range,
+        &[
+            ("below", ipv4(IPPROTO_UDP, 0, &udp(40000, 7999)), PASS),
+            ("first", ipv4(IPPROTO_UDP, 0, &udp(40000, 8000)), DROP),
+            ("inside, source port", ipv4(IPPROTO_TCP, 0, &tcp(8050, 40000)), DROP),
+            ("last", ipv6(IPPROTO_TCP, &[], &tcp(40000, 8100)), DROP),
+            ("above", ipv6(IPPROTO_UDP, &[], &udp(40000, 8101)), PASS),
         ],
     );
 }

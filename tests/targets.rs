@@ -273,3 +273,39 @@ fn a_real_docker_container_by_name() {
     ok(&["unpin", "--container", &id[..12]]);
     assert!(reach(), "and free again");
 }
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn port_ranges_and_service_names_drop_exactly_their_ports() {
+    // Nothing listens on these ports: a connect the policy allows is refused
+    // by the kernel (ECONNREFUSED), one it drops is rejected (EPERM).
+    let cg = TestCgroup::new("ports");
+    let path = cg.path.to_str().unwrap().to_string();
+    let _unpin = Unpin(path.clone());
+    let base = 41000 + (std::process::id() % 1000) as u16 * 8;
+    let to = |port: u16| Probe::run(Some(&cg), &["tcp-connect", "127.0.0.1", &port.to_string(), "1"])["result"].clone();
+    let range = format!("127.0.0.1:{}-{}", base + 1, base + 3);
+    ok(&["pin", "--cgroup", &path, "--block", &range, "--block", "127.0.0.2:domain"]);
+    for port in base..=base + 4 {
+        let want = if (base + 1..=base + 3).contains(&port) { "EPERM" } else { "ECONNREFUSED" };
+        assert_eq!(to(port), want, "port {port} with --block {range}");
+    }
+    let dns = |port: &str| Probe::run(Some(&cg), &["tcp-connect", "127.0.0.2", port, "1"])["result"].clone();
+    assert_eq!((dns("53"), dns("54")), ("EPERM".into(), "ECONNREFUSED".into()), "domain is port 53 only");
+    // `rule del` of the range removes every port of it.
+    ok(&["rule", "del", "--cgroup", &path, &range]);
+    assert_eq!(to(base + 2), "ECONNREFUSED");
+    ok(&["unpin", "--cgroup", &path]);
+
+    // --port with a range: everything on those ports, nothing else.
+    ok(&["pin", "--cgroup", &path, "--port", &format!("{}-{}", base + 1, base + 2)]);
+    assert_eq!(
+        (to(base), to(base + 1), to(base + 2), to(base + 3)),
+        ("ECONNREFUSED".into(), "EPERM".into(), "EPERM".into(), "ECONNREFUSED".into())
+    );
+    ok(&["unpin", "--cgroup", &path]);
+    let out = cgdrop(&["pin", "--cgroup", &path, "--block", "2001:db8::1:443"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("ambiguous: write [2001:db8::1]:443"), "{err}");
+}

@@ -26,7 +26,7 @@ use crate::{
     },
     output::format_secs,
     pins::pinned::Pinned,
-    rules::{Action, Target},
+    rules::{Action, Targets},
 };
 
 fn maps(p: &Pinned) -> RuleMaps<'_, libbpf_rs::MapHandle> {
@@ -71,35 +71,48 @@ pub fn run(command: &RuleCommand) -> Result<()> {
     }
 }
 
-fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>, kill_existing: bool) -> Result<()> {
+fn add(cgroup: &Path, action: Action, targets: &Targets, ttl: Option<Duration>, kill_existing: bool) -> Result<()> {
     let (p, _lock) = locked(cgroup)?;
     live_rules(&p)?;
     let maps = maps(&p);
-    let mut expires_ns = match ttl {
+    let expires = match ttl {
         Some(ttl) => rulemaps::boot_time_ns()?.saturating_add(ttl.as_nanos() as u64),
         None => 0,
     };
+    // All checked first: a port range is added whole or not at all.
+    let mut entries = Vec::new();
     let mut note = String::new();
-    if let Some(existing) = maps.get(target)? {
-        if existing.action != action {
-            let state = if existing.action == Action::Allow { "allowed" } else { "denied" };
-            bail!("{target} is already {state} on {}: `cgdrop rule del` it first", p.cgroup_path);
+    for target in &targets.0 {
+        let mut expires_ns = expires;
+        if let Some(existing) = maps.get(target)? {
+            if existing.action != action {
+                let state = if existing.action == Action::Allow { "allowed" } else { "denied" };
+                bail!("{target} is already {state} on {}: `cgdrop rule del` it first", p.cgroup_path);
+            }
+            // The same rule again: it keeps the longer of the two lifetimes.
+            let merged = rulemaps::longer(existing.expires_ns, expires_ns);
+            if merged != expires_ns {
+                note = if merged == 0 {
+                    " (it was already there without a ttl: it stays permanent)".into()
+                } else {
+                    " (it was already there for longer: it keeps that)".into()
+                };
+            }
+            expires_ns = merged;
         }
-        // The same rule again: it keeps the longer of the two lifetimes.
-        let merged = rulemaps::longer(existing.expires_ns, expires_ns);
-        if merged != expires_ns {
-            note = if merged == 0 {
-                " (it was already there without a ttl: it stays permanent)".into()
-            } else {
-                " (it was already there for longer: it keeps that)".into()
-            };
-        }
-        expires_ns = merged;
+        entries.push(Entry { target: *target, action, expires_ns, live: true });
     }
-    p.enable_lookups(target.port != 0)?;
-    maps.put(&Entry { target: *target, action, expires_ns, live: true })?;
+    p.enable_lookups(targets.0.iter().any(|t| t.port != 0))?;
+    for e in &entries {
+        maps.put(e)?;
+    }
     let lifetime = ttl.map_or(String::new(), |t| format!(" for {}", format_secs(t.as_secs())));
-    crate::say!("cgdrop: {action} {target}{lifetime} on {}{note}", p.cgroup_path);
+    let shown = match targets.0.as_slice() {
+        [one] => one.to_string(),
+        [first, .., last] => format!("{first} to port {} ({} rules)", last.port, targets.0.len()),
+        [] => String::new(),
+    };
+    crate::say!("cgdrop: {action} {shown}{lifetime} on {}{note}", p.cgroup_path);
     if action == Action::Deny {
         let dry_run = p.config()?.dry_run;
         if let Some(line) = crate::kernel::sockets::describe(&p.sockets(kill_existing), kill_existing, dry_run) {
@@ -110,7 +123,7 @@ fn add(cgroup: &Path, action: Action, target: &Target, ttl: Option<Duration>, ki
 }
 
 /// `[allow|deny] RULE`
-fn parse_del_words(words: &[String]) -> Result<(Option<Action>, Target)> {
+fn parse_del_words(words: &[String]) -> Result<(Option<Action>, Targets)> {
     let (action, rule) = match words {
         [rule] => (None, rule),
         [action, rule] => match action.as_str() {
@@ -120,21 +133,33 @@ fn parse_del_words(words: &[String]) -> Result<(Option<Action>, Target)> {
         },
         _ => bail!("expected `[allow|deny] RULE`"),
     };
-    let target: Target = rule.parse().map_err(anyhow::Error::msg).with_context(|| format!("rule '{rule}'"))?;
-    Ok((action, target))
+    let targets: Targets = rule.parse().map_err(anyhow::Error::msg).with_context(|| format!("rule '{rule}'"))?;
+    Ok((action, targets))
 }
 
 fn del(cgroup: &Path, words: &[String]) -> Result<()> {
-    let (action, target) = parse_del_words(words)?;
+    let (action, targets) = parse_del_words(words)?;
     let (p, _lock) = locked(cgroup)?;
     live_rules(&p)?;
     let maps = maps(&p);
     let asked = action.map_or(String::new(), |a| format!("{a} "));
+    // A port range: every port's rule must be there (checked first), then all go.
+    let (last, first) = targets.0.split_last().context("no rule")?;
+    for target in first {
+        match maps.get(target)? {
+            Some(existing) if action.is_none_or(|a| a == existing.action) => {}
+            _ => bail!("no such rule: {} has no rule for {asked}{target}, so the range is not deleted", p.cgroup_path),
+        }
+    }
+    let target = *last;
     match maps.get(&target)? {
         Some(existing) if action.is_none_or(|a| a == existing.action) => {
-            maps.delete(&target)?;
-            hits::forget(&p.rule_hits, &target);
-            crate::say!("cgdrop: deleted {} {target} on {}", existing.action, p.cgroup_path);
+            for t in &targets.0 {
+                maps.delete(t)?;
+                hits::forget(&p.rule_hits, t);
+            }
+            let shown = if targets.0.len() > 1 { words[words.len() - 1].clone() } else { target.to_string() };
+            crate::say!("cgdrop: deleted {} {shown} on {}", existing.action, p.cgroup_path);
             Ok(())
         }
         Some(existing) => bail!(

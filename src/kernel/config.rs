@@ -39,10 +39,14 @@ pub struct Config {
     pub netns_cookie: u64,
     /// Events each CPU may emit per second (the policy's `--log-rate` spread over the CPUs); 0 = none.
     pub events_per_cpu: u32,
-    /// 0 = every port.
+    /// The port range (inclusive); 0 = every port.
     pub port: u16,
+    pub port_hi: u16,
     pub silent: bool,
     pub dry_run: bool,
+    pub no_new_inbound: bool,
+    /// The errno rejected calls get; 0 = EPERM.
+    pub reject_errno: u32,
 }
 
 impl Config {
@@ -53,20 +57,23 @@ impl Config {
             ifindex: policy.ifindex(),
             iface: policy.iface.as_ref().map(|(name, _)| name.clone()),
             netns_cookie: if policy.iface.is_some() { netns_cookie().unwrap_or(0) } else { 0 },
-            port: policy.port.unwrap_or(0),
+            port: policy.port.map_or(0, |p| p.lo),
+            port_hi: policy.port.map_or(0, |p| p.hi),
             events_per_cpu: match policy.log_rate {
                 0 => 0,
                 rate => rate.div_ceil(libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1)) as u32),
             },
             silent: policy.silent,
             dry_run: policy.dry_run,
+            no_new_inbound: policy.no_new_inbound,
+            reject_errno: policy.reject_with.errno(),
         }
     }
 
     /// The C struct. Built field by field: the generated enum newtypes'
     /// `Default` is their first value, not 0.
     pub fn encode(&self) -> cgdrop_config {
-        let bits = |flags: [(bool, u32); 2]| flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit);
+        let bits = |flags: &[(bool, u32)]| flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit);
         let mut iface = [0i8; 16];
         for (dst, src) in iface.iter_mut().zip(self.iface.as_deref().unwrap_or("").bytes().take(15)) {
             *dst = src as i8;
@@ -74,18 +81,19 @@ impl Config {
         cgdrop_config {
             ifindex: self.ifindex,
             port: self.port,
-            pad: 0,
+            port_hi: self.port_hi,
             netns_cookie: self.netns_cookie,
             iface,
             events_per_cpu: self.events_per_cpu,
-            pad2: 0,
-            directions: cgdrop_direction(bits([
+            reject_errno: self.reject_errno,
+            directions: cgdrop_direction(bits(&[
                 (self.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
                 (self.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
             ])),
-            modes: cgdrop_mode(bits([
+            modes: cgdrop_mode(bits(&[
                 (self.silent, cgdrop_mode::CGDROP_MODE_SILENT.0),
                 (self.dry_run, cgdrop_mode::CGDROP_MODE_DRY_RUN.0),
+                (self.no_new_inbound, cgdrop_mode::CGDROP_MODE_NO_NEW_INBOUND.0),
             ])),
         }
     }
@@ -102,8 +110,11 @@ impl Config {
             netns_cookie: c.netns_cookie,
             events_per_cpu: c.events_per_cpu,
             port: c.port,
+            port_hi: c.port_hi,
             silent: c.modes.0 & cgdrop_mode::CGDROP_MODE_SILENT.0 != 0,
             dry_run: c.modes.0 & cgdrop_mode::CGDROP_MODE_DRY_RUN.0 != 0,
+            no_new_inbound: c.modes.0 & cgdrop_mode::CGDROP_MODE_NO_NEW_INBOUND.0 != 0,
+            reject_errno: c.reject_errno,
         }
     }
 
@@ -253,8 +264,11 @@ mod tests {
                 netns_cookie: u64::from(bits) << 40,
                 events_per_cpu: bits * 7,
                 port: 8080,
+                port_hi: 8080 + bits as u16,
                 silent: bits & 4 != 0,
                 dry_run: bits & 8 != 0,
+                no_new_inbound: bits & 2 != 0,
+                reject_errno: bits,
             };
             assert_eq!(Config::decode(&c.encode()), c.clone());
         }

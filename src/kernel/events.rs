@@ -70,6 +70,8 @@ pub enum Why {
     Default,
     /// The headers or expired rules could not be looked past.
     Undecided,
+    /// --no-new-inbound: an inbound connection request.
+    NewInbound,
 }
 
 fn addr(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
@@ -113,6 +115,7 @@ impl Event {
                 }
             }
             cgdrop_reason::CGDROP_REASON_UNDECIDED => Why::Undecided,
+            cgdrop_reason::CGDROP_REASON_NEW_INBOUND => Why::NewInbound,
             _ => Why::Default,
         };
         let comm: Vec<u8> = e.comm.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();

@@ -139,7 +139,7 @@ impl Hook {
     }
 
     pub fn for_policy(policy: &Policy) -> Vec<Hook> {
-        Self::wanted(policy.ingress, policy.egress, policy.silent, policy.log_rate > 0)
+        Self::wanted(policy.ingress || policy.no_new_inbound, policy.egress, policy.silent, policy.log_rate > 0)
     }
 }
 

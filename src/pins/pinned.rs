@@ -280,7 +280,7 @@ impl Pinned {
         // removed; the directory being gone (or reused) tells at once.
         let same_cgroup = fs::metadata(&self.cgroup_path).is_ok_and(|m| m.ino() == self.id);
         let mut defunct = !same_cgroup;
-        for hook in Hook::wanted(c.ingress, c.egress, c.silent, c.events_per_cpu > 0) {
+        for hook in Hook::wanted(c.ingress || c.no_new_inbound, c.egress, c.silent, c.events_per_cpu > 0) {
             let path = link_path(&self.dir, hook);
             let Ok(link) = Link::open(&path) else {
                 missing.push(hook.name());
