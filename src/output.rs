@@ -153,21 +153,31 @@ pub fn age(secs: u64) -> String {
 }
 
 /// What the banner says happens to connect() and sendto().
-pub fn calls_note(policy: &Policy) -> &'static str {
+pub fn calls_note(policy: &Policy) -> String {
+    let errno = RejectWith::name_of(policy.reject_with.errno());
     if !policy.rejects_calls() {
-        ""
+        String::new()
     } else if policy.dry_run {
-        ", connect() and sendto() that would be rejected are counted"
+        ", connect() and sendto() that would be rejected are counted".into()
     } else if policy.egress {
-        ", connect() and sendto() rejected with EPERM"
+        format!(", connect() and sendto() rejected with {errno}")
     } else {
         // Ingress only: a TCP handshake cannot complete, a UDP send can.
-        ", TCP connect() rejected with EPERM"
+        format!(", TCP connect() rejected with {errno}")
     }
 }
 
-/// The multi-line counter table (`dry_run`: nothing was really rejected).
-pub fn table(s: &Stats, dry_run: bool) -> String {
+/// What the counter table says of rejected calls.
+pub fn rejected_with(dry_run: bool, reject_errno: u32) -> String {
+    if dry_run {
+        "would be rejected".into()
+    } else {
+        format!("rejected with {}", RejectWith::name_of(reject_errno))
+    }
+}
+
+/// The multi-line counter table (`verdict`: see `rejected_with`).
+pub fn table(s: &Stats, verdict: &str) -> String {
     let mut out = format!("{:<9} {:>12} {:>14} {:>12} {:>14}\n", "", "packets", "bytes", "dropped", "dropped bytes");
     for (name, t) in [("ingress", &s.ingress), ("egress", &s.egress)] {
         let _ = writeln!(
@@ -177,7 +187,6 @@ pub fn table(s: &Stats, dry_run: bool) -> String {
         );
     }
     for (name, c) in [("connect", &s.connect), ("sendmsg", &s.sendmsg)] {
-        let verdict = if dry_run { "would be rejected" } else { "rejected with EPERM" };
         let _ = writeln!(out, "{name:<9} {:>12} attempts, {} {verdict}", c.attempts, c.rejected);
     }
     out
@@ -274,9 +283,10 @@ pub fn explain(s: &Stats, policy: &Policy) -> Option<String> {
     }
     let verb = if policy.dry_run { "would have been" } else { "was" };
     Some(format!(
-        "cgdrop: the command's network traffic {verb} blocked: {} connect() and {} sendto() calls rejected with EPERM, {dropped} packets dropped ({})",
+        "cgdrop: the command's network traffic {verb} blocked: {} connect() and {} sendto() calls rejected with {}, {dropped} packets dropped ({})",
         s.connect.rejected,
         s.sendmsg.rejected,
+        RejectWith::name_of(policy.reject_with.errno()),
         describe(policy)
     ))
 }

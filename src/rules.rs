@@ -44,6 +44,15 @@ pub enum RejectWith {
 }
 
 impl RejectWith {
+    /// The errno's name, as users read it.
+    pub fn name_of(errno: u32) -> &'static str {
+        match errno as i32 {
+            nix::libc::ECONNREFUSED => "ECONNREFUSED",
+            nix::libc::ECONNRESET => "ECONNRESET",
+            _ => "EPERM",
+        }
+    }
+
     /// The errno the BPF programs set; 0 leaves the kernel's EPERM.
     pub fn errno(self) -> u32 {
         match self {

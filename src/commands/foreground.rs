@@ -107,7 +107,10 @@ fn print_summary(outcome: &Outcome, cgroup: &Cgroup, json: bool) -> Result<()> {
         crate::say_raw!(
             "cgdrop: detached from {}\n{}",
             cgroup.path.display(),
-            output::table(&outcome.stats, outcome.policy.dry_run)
+            output::table(
+                &outcome.stats,
+                &output::rejected_with(outcome.policy.dry_run, outcome.policy.reject_with.errno())
+            )
         );
     }
     Ok(())

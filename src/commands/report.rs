@@ -43,6 +43,12 @@ struct PolicyJson {
     dry_run: bool,
     /// What traffic no rule matches gets: "drop" or "pass".
     unmatched: &'static str,
+    /// The error rejected calls get: "EPERM", "ECONNREFUSED" or "ECONNRESET".
+    reject_with: &'static str,
+    /// Inbound TCP connection requests are dropped.
+    no_new_inbound: bool,
+    /// The --port range's last port (equal to `port` for one port).
+    port_hi: Option<u16>,
     allow_rules: usize,
     deny_rules: usize,
 }
@@ -65,6 +71,8 @@ struct StatusJson {
     pinned_at: u64,
     /// How long ago, by the boot-time clock (wall-clock changes do not count).
     pinned_for_secs: u64,
+    #[serde(skip)]
+    reject_errno: u32,
     /// With --sockets: the connections made before the policy that it drops.
     #[serde(skip_serializing_if = "Option::is_none")]
     sockets: Option<Vec<crate::kernel::sockets::Conn>>,
@@ -96,6 +104,9 @@ pub fn status(json: bool, sockets: bool) -> Result<()> {
                     silent: config.silent,
                     dry_run: config.dry_run,
                     unmatched: if unmatched_pass { "pass" } else { "drop" },
+                    reject_with: crate::rules::RejectWith::name_of(config.reject_errno),
+                    no_new_inbound: config.no_new_inbound,
+                    port_hi: (config.port != 0).then_some(config.port_hi),
                     allow_rules: count(Action::Allow),
                     deny_rules: count(Action::Deny),
                 },
@@ -103,6 +114,7 @@ pub fn status(json: bool, sockets: bool) -> Result<()> {
                 pin_dir: p.dir.to_string_lossy().into_owned(),
                 pinned_at: p.pinned_at,
                 pinned_for_secs: p.pinned_for_secs()?,
+                reject_errno: config.reject_errno,
                 sockets: if sockets { Some(p.sockets(false)?) } else { None },
             },
         ));
@@ -125,7 +137,7 @@ pub fn status(json: bool, sockets: bool) -> Result<()> {
         }
         crate::outln!("  policy: {desc}");
         crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_for_secs));
-        for line in output::table(&s.stats, s.policy.dry_run).lines() {
+        for line in output::table(&s.stats, &output::rejected_with(s.policy.dry_run, s.reject_errno)).lines() {
             crate::outln!("  {line}");
         }
         if let Some(conns) = &s.sockets {
@@ -156,12 +168,18 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         return watch(cgroup.as_deref(), Duration::from_secs(secs));
     }
     // (name, cgroup id, counters, dry run)
-    let mut rows: Vec<(String, u64, Stats, bool)> = Vec::new();
+    let mut rows: Vec<(String, u64, Stats, String)> = Vec::new();
     // Per policy: its most used rules, at most TOP_RULES (a million-rule
     // policy must not make a million labels).
     let mut top_rules: Vec<Vec<RuleHitsJson>> = Vec::new();
     for p in &policies {
-        rows.push((p.cgroup_path.clone(), p.id, stats::read(&p.stats)?, p.config()?.dry_run));
+        let c = p.config()?;
+        rows.push((
+            p.cgroup_path.clone(),
+            p.id,
+            stats::read(&p.stats)?,
+            output::rejected_with(c.dry_run, c.reject_errno),
+        ));
         top_rules.push(most_used_rules(p)?);
     }
     // The programs of `pin --programs`, attached by hand: counted over every
@@ -170,7 +188,12 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     if cgroup.is_none() && progs.join("stats").exists() {
         let map = libbpf_rs::MapHandle::from_pinned_path(progs.join("stats"))
             .with_context(|| format!("opening {}/stats", progs.display()))?;
-        rows.push((format!("(pinned programs: {})", progs.display()), 0, stats::read(&map)?, false));
+        rows.push((
+            format!("(pinned programs: {})", progs.display()),
+            0,
+            stats::read(&map)?,
+            output::rejected_with(false, 0),
+        ));
     }
     if args.json {
         let all: Vec<StatsJson<'_>> = rows
@@ -202,9 +225,9 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         }
         crate::out_raw!("{text}");
     } else {
-        for (name, id, s, dry_run) in &rows {
+        for (name, id, s, verdict) in &rows {
             crate::outln!("{name} (id {id})");
-            crate::out_raw!("{}", output::table(s, *dry_run));
+            crate::out_raw!("{}", output::table(s, verdict));
         }
     }
     Ok(())
@@ -342,7 +365,8 @@ fn watch(cgroup: Option<&Path>, interval: Duration) -> Result<()> {
                     let s = stats::read(&p.stats)?;
                     let now = Instant::now();
                     let _ = writeln!(screen, "{} (id {})", p.cgroup_path, p.id);
-                    screen += &output::table(&s, p.config()?.dry_run);
+                    let c = p.config()?;
+                    screen += &output::table(&s, &output::rejected_with(c.dry_run, c.reject_errno));
                     let key = (p.dir.clone(), p.pinned_at);
                     if let Some((before, at)) = previous.get(&key) {
                         screen += &output::watch_rates(&Rates::between((before, *at), (&s, now)));
