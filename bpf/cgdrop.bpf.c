@@ -64,7 +64,7 @@ struct {
 	__uint(max_entries, CGDROP_STAT_SLOTS);
 	__type(key, __u32);
 	__type(value, struct cgdrop_counters);
-} stats SEC(".maps");
+} cgdrop_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -72,7 +72,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct cgdrop_key_v4);
 	__type(value, struct cgdrop_rule);
-} rules_v4 SEC(".maps");
+} cgdrop_rules_v4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -80,7 +80,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct cgdrop_key_v6);
 	__type(value, struct cgdrop_rule);
-} rules_v6 SEC(".maps");
+} cgdrop_rules_v6 SEC(".maps");
 
 /* See struct cgdrop_info: bookkeeping for pinned policies. */
 struct {
@@ -88,7 +88,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct cgdrop_info);
-} info SEC(".maps");
+} cgdrop_info SEC(".maps");
 
 /*
  * Per-rule hit counters, per CPU (exact without locked instructions across
@@ -101,13 +101,13 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct cgdrop_rule_ref);
 	__type(value, struct cgdrop_hits);
-} rule_hits SEC(".maps");
+} cgdrop_hits SEC(".maps");
 
 /* Drop and reject events for `cgdrop log`, `--log` and `--log-json`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
+} cgdrop_events SEC(".maps");
 
 /* Where an event is put together (the BPF stack is too small for it). */
 struct {
@@ -115,7 +115,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct cgdrop_event);
-} scratch SEC(".maps");
+} cgdrop_scratch SEC(".maps");
 
 /* Each CPU's event budget for the current second (see event_start). */
 struct {
@@ -123,7 +123,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct cgdrop_budget);
-} event_budget SEC(".maps");
+} cgdrop_budget SEC(".maps");
 
 /*
  * Who uses a socket: recorded by the sock_create hook (the creator) and the
@@ -139,7 +139,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct cgdrop_owner);
-} owners SEC(".maps");
+} cgdrop_owners SEC(".maps");
 
 /*
  * Non-zero while `--kill-existing` closes sockets: the egress program then
@@ -152,7 +152,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);
-} killing SEC(".maps");
+} cgdrop_killing SEC(".maps");
 
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
@@ -182,7 +182,7 @@ static __always_inline bool in_port_range(__u16 port)
 
 static __always_inline struct cgdrop_counters *counters(__u32 slot)
 {
-	return bpf_map_lookup_elem(&stats, &slot);
+	return bpf_map_lookup_elem(&cgdrop_stats, &slot);
 }
 
 /*
@@ -260,7 +260,7 @@ static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now,
 
 	__builtin_memcpy(key.addr, addr, 4);
 	m->port = port;
-	return lookup_live(&rules_v4, &key, &key.prefixlen, now, m);
+	return lookup_live(&cgdrop_rules_v4, &key, &key.prefixlen, now, m);
 }
 
 static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now, struct match *m)
@@ -269,7 +269,7 @@ static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now,
 
 	__builtin_memcpy(key.addr, addr, 16);
 	m->port = port;
-	return lookup_live(&rules_v6, &key, &key.prefixlen, now, m);
+	return lookup_live(&cgdrop_rules_v6, &key, &key.prefixlen, now, m);
 }
 
 /* ::ffff:a.b.c.d is matched as the IPv4 address a.b.c.d. */
@@ -297,7 +297,7 @@ static __always_inline void count_hit(__u8 family, const __u8 *addr, struct matc
 			break;
 		ref.addr[i] = left >= 8 ? addr[i] : addr[i] & (__u8)(0xff << (8 - left));
 	}
-	h = bpf_map_lookup_elem(&rule_hits, &ref);
+	h = bpf_map_lookup_elem(&cgdrop_hits, &ref);
 	if (h) {
 		/* Per-CPU, but a softirq can interrupt this program on the same CPU. */
 		__sync_fetch_and_add(&h->hits, 1);
@@ -306,7 +306,7 @@ static __always_inline void count_hit(__u8 family, const __u8 *addr, struct matc
 	}
 	first.hits = 1;
 	first.last_ns = now;
-	bpf_map_update_elem(&rule_hits, &ref, &first, BPF_NOEXIST);
+	bpf_map_update_elem(&cgdrop_hits, &ref, &first, BPF_NOEXIST);
 }
 
 /*
@@ -559,8 +559,8 @@ static __always_inline struct cgdrop_event *event_start(__u64 cgroup_id)
 
 	if (!cfg.events_per_cpu)
 		return NULL;
-	b = bpf_map_lookup_elem(&event_budget, &zero);
-	ev = bpf_map_lookup_elem(&scratch, &zero);
+	b = bpf_map_lookup_elem(&cgdrop_budget, &zero);
+	ev = bpf_map_lookup_elem(&cgdrop_scratch, &zero);
 	if (!b || !ev)
 		return NULL;
 	now = bpf_ktime_get_boot_ns();
@@ -571,7 +571,7 @@ static __always_inline struct cgdrop_event *event_start(__u64 cgroup_id)
 			ev->cgroup_id = cgroup_id;
 			ev->hook = CGDROP_STAT_SLOTS;
 			ev->suppressed = b->suppressed;
-			if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+			if (bpf_ringbuf_output(&cgdrop_events, ev, sizeof(*ev), 0))
 				return NULL;
 		}
 		b->window_ns = now;
@@ -595,9 +595,9 @@ static __always_inline void event_send(struct cgdrop_event *ev)
 	struct cgdrop_budget *b;
 	__u32 zero = 0;
 
-	if (!bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+	if (!bpf_ringbuf_output(&cgdrop_events, ev, sizeof(*ev), 0))
 		return;
-	b = bpf_map_lookup_elem(&event_budget, &zero);
+	b = bpf_map_lookup_elem(&cgdrop_budget, &zero);
 	if (b)
 		b->suppressed++;
 }
@@ -661,7 +661,7 @@ static __always_inline void skb_event(struct __sk_buff *skb, __u32 slot, bool eg
 	if (sk)
 		sk = bpf_sk_fullsock(sk);
 	if (sk) {
-		o = bpf_sk_storage_get(&owners, sk, 0, 0);
+		o = bpf_sk_storage_get(&cgdrop_owners, sk, 0, 0);
 		if (o && (o->flags & CGDROP_OWNER_KNOWN)) {
 			ev->owner_known = 1;
 			ev->pid = o->pid;
@@ -683,7 +683,7 @@ static __always_inline bool closing_socket(struct __sk_buff *skb)
 	struct cgdrop_owner *o;
 	struct bpf_sock *sk;
 	__u32 zero = 0;
-	__u32 *on = bpf_map_lookup_elem(&killing, &zero);
+	__u32 *on = bpf_map_lookup_elem(&cgdrop_killing, &zero);
 
 	if (!on || !*on)
 		return false;
@@ -692,7 +692,7 @@ static __always_inline bool closing_socket(struct __sk_buff *skb)
 		sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return false;
-	o = bpf_sk_storage_get(&owners, sk, 0, 0);
+	o = bpf_sk_storage_get(&cgdrop_owners, sk, 0, 0);
 	return o && (o->flags & CGDROP_OWNER_CLOSING);
 }
 
@@ -780,7 +780,7 @@ static __always_inline void record_owner(void *sk)
 
 	if (!cfg.events_per_cpu)
 		return;
-	o = bpf_sk_storage_get(&owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	o = bpf_sk_storage_get(&cgdrop_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o || o->pid == (__u32)pid_tgid)
 		return;
 	o->pid = (__u32)pid_tgid;
@@ -927,11 +927,11 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct cgdrop_sock_rec);
-} sock_rec SEC(".maps");
+} cgdrop_sock_rec SEC(".maps");
 
-/* Set before the iterator instance is loaded. */
-__u64 iter_cgroup_id SEC(".data.iter") = 0;
-__u32 iter_kill SEC(".data.iter") = 0;
+/* Set before the iterator instance is loaded (rodata: fixed for the load). */
+const volatile __u64 iter_cgroup_id = 0;
+const volatile __u32 iter_kill = 0;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -967,7 +967,7 @@ static __always_inline void judge_socket(struct seq_file *seq, struct sock_commo
 	/* The interface of a connection's next packet is not known here. */
 	if (!iter_cgroup_id || cfg.ifindex || !in_target_cgroup(sk))
 		return;
-	rec = bpf_map_lookup_elem(&sock_rec, &zero);
+	rec = bpf_map_lookup_elem(&cgdrop_sock_rec, &zero);
 	if (!rec)
 		return;
 	__builtin_memset(rec, 0, sizeof(*rec));
@@ -1000,7 +1000,7 @@ static __always_inline void judge_socket(struct seq_file *seq, struct sock_commo
 		return;
 	if (!policy_drops(rec->family, rec->remote, rec->remote_port, &m))
 		return;
-	o = bpf_sk_storage_get(&owners, sk, 0, iter_kill ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	o = bpf_sk_storage_get(&cgdrop_owners, sk, 0, iter_kill ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 	if (o && (o->flags & CGDROP_OWNER_KNOWN)) {
 		rec->owner_known = 1;
 		rec->pid = o->tgid;

@@ -280,6 +280,8 @@ struct cgdrop_info {
 	__u64 pinned_at;
 	/* CLOCK_BOOTTIME ns when it was pinned (its age, whatever the wall clock does). */
 	__u64 pinned_boot_ns;
+	/* CLOCK_REALTIME seconds of the first pin; `pinned_at` is then the last replacement. */
+	__u64 first_pinned_at;
 	/* CGDROP_LAYOUT_VERSION of the cgdrop that pinned it. */
 	enum cgdrop_layout layout;
 	/* CGDROP_STAT_SLOTS and CGDROP_MAX_RULES of that cgdrop (checked with the layout). */

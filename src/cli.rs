@@ -486,12 +486,96 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
+    if std::env::args_os().len() == 1 {
+        // `cgdrop` alone: what it does and the commands to start with.
+        crate::say_raw!("{SHORT_USAGE}");
+        return ExitCode::from(2);
+    }
     // clap's message is its first paragraph (a list of missing arguments
-    // continues on indented lines); the usage and tips after it are dropped.
+    // continues on indented lines); its tips ("a similar subcommand exists",
+    // "use `-- curl`") are kept, the usage block is dropped.
     let rendered = err.render().to_string();
     let paragraph: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let msg = paragraph.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-    crate::say!("cgdrop: {msg} (see 'cgdrop --help')");
+    let tips: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("tip: "))
+        .map(|t| t.trim_end_matches('.'))
+        .collect();
+    let mut tips = if tips.is_empty() { String::new() } else { format!("; {}", tips.join("; ")) };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if err.kind() == ErrorKind::UnknownArgument
+        && args.first().is_some_and(|a| a == "run")
+        && !args.iter().any(|a| a == "--")
+        && tips.is_empty()
+    {
+        tips = "; put `--` before the command: cgdrop run [POLICY] -- CMD [ARGS]".into();
+    }
+    crate::say!("cgdrop: {}{tips} (see 'cgdrop --help')", plain_words(msg));
     ExitCode::from(2)
+}
+
+/// `cgdrop` with no arguments.
+const SHORT_USAGE: &str = "cgdrop: drop the network traffic of every process of one cgroup, with eBPF.
+
+  sudo cgdrop run -- CMD [ARGS]            run CMD with its network cut (or: --block/--allow RULES)
+  sudo cgdrop --cgroup PATH [POLICY]       a policy on a cgroup while cgdrop runs (--pid, --unit, --container too)
+  sudo cgdrop pin --unit nginx [POLICY]    a policy that stays after cgdrop exits; `cgdrop status` lists them
+  sudo cgdrop apply /etc/cgdrop            the policies TOML files declare
+
+`cgdrop --help` has every option; `man cgdrop` the details.
+";
+
+/// Rewords the Rust parsers' messages that clap passes on as they are.
+fn plain_words(msg: &str) -> String {
+    let mut out = msg
+        .replace("invalid digit found in string", "not a whole number")
+        .replace("number too large to fit in target type", "too large")
+        .replace("number too small to fit in target type", "too small")
+        .replace("cannot parse integer from empty string", "empty: a whole number is expected");
+    // `0 is not in 1..18446744073709551615` (a range from clap's value parsers).
+    if let Some(at) = out.find(" is not in ") {
+        let rest = &out[at + " is not in ".len()..];
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '=')).unwrap_or(rest.len());
+        let range = &rest[..end];
+        if let Some((lo, hi)) = range.split_once("..") {
+            let (hi, inclusive) = match hi.strip_prefix('=') {
+                Some(hi) => (hi, true),
+                None => (hi, false),
+            };
+            // An upper end of 10 digits or more is the type's limit, not a rule.
+            let words = if hi.len() >= 10 || hi.is_empty() {
+                format!(" is too small: at least {lo}")
+            } else {
+                let hi = hi.parse::<u64>().map_or(0, |h| if inclusive { h } else { h.saturating_sub(1) });
+                format!(" is not a number from {lo} to {hi}")
+            };
+            out = format!("{}{words}{}", &out[..at], &rest[end..]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_words;
+
+    #[test]
+    fn parser_messages_are_reworded() {
+        assert_eq!(
+            plain_words("invalid value 'x' for '--interval <SECS>': invalid digit found in string"),
+            "invalid value 'x' for '--interval <SECS>': not a whole number"
+        );
+        assert_eq!(
+            plain_words("invalid value '0' for '--interval <SECS>': 0 is not in 1..18446744073709551615"),
+            "invalid value '0' for '--interval <SECS>': 0 is too small: at least 1"
+        );
+        assert_eq!(
+            plain_words("'7' for '--keep-fd': 2 is not in 3..2147483647"),
+            "'7' for '--keep-fd': 2 is too small: at least 3"
+        );
+        assert_eq!(plain_words("70000 is not in 1..=65535"), "70000 is not a number from 1 to 65535");
+    }
 }

@@ -29,8 +29,8 @@ pub struct Logger {
 
 impl Logger {
     pub fn start(skel: &CgdropSkel<'_>, format: Option<EventFormat>) -> Result<Self> {
-        let ring = MapHandle::try_from(&skel.maps.events).context("opening the events ring buffer")?;
-        let budget = MapHandle::try_from(&skel.maps.event_budget).context("opening the event budget")?;
+        let ring = MapHandle::try_from(&skel.maps.cgdrop_events).context("opening the events ring buffer")?;
+        let budget = MapHandle::try_from(&skel.maps.cgdrop_budget).context("opening the event budget")?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let thread = thread::spawn(move || {

@@ -152,6 +152,29 @@ pub fn age(secs: u64) -> String {
     format!("{} ago", format_secs(secs))
 }
 
+/// The rules in force, for the banner: the first few and how many in all.
+pub fn rules_line(policy: &Policy) -> Option<String> {
+    let mut seen: Vec<(crate::rules::Target, Action)> = policy.rules.iter().map(|r| (r.target, r.action)).collect();
+    seen.sort_unstable_by_key(|(t, _)| *t);
+    seen.dedup_by_key(|(t, _)| *t);
+    if seen.is_empty() {
+        return None;
+    }
+    // The order they were given in, first ones first.
+    let mut shown = Vec::new();
+    for r in &policy.rules {
+        let text = format!("{} {}", r.action, r.target);
+        if !shown.contains(&text) {
+            shown.push(text);
+        }
+        if shown.len() == 4 {
+            break;
+        }
+    }
+    let more = if seen.len() > shown.len() { format!(", … ({} in all)", seen.len()) } else { String::new() };
+    Some(format!("cgdrop: rules in force: {}{more}", shown.join(", ")))
+}
+
 /// What the banner says happens to connect() and sendto().
 pub fn calls_note(policy: &Policy) -> String {
     let errno = RejectWith::name_of(policy.reject_with.errno());

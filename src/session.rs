@@ -30,6 +30,7 @@ use crate::{
     host::{
         cgroup::Cgroup,
         process::{spawn_in_cgroup, Child, Cmd},
+        sessions,
     },
     kernel::{
         config::Config,
@@ -121,14 +122,23 @@ pub fn session(
         output::calls_note(&policy),
         if cmd.is_some() { "running the command" } else { "Ctrl-C to detach" }
     );
+    if let Some(line) = output::rules_line(&policy) {
+        crate::say!("{line}");
+    }
+    let _registered = sessions::register(
+        if tally { "run" } else { "foreground" },
+        &cgroup.path,
+        cgroup.id,
+        &output::describe(&policy),
+    );
 
     // A fresh cgroup (`run`) has no sockets from before.
     if !tally {
         let shared = sockets::Shared {
-            rules_v4: skel.maps.rules_v4.as_fd(),
-            rules_v6: skel.maps.rules_v6.as_fd(),
-            owners: skel.maps.owners.as_fd(),
-            killing: skel.maps.killing.as_fd(),
+            rules_v4: skel.maps.cgdrop_rules_v4.as_fd(),
+            rules_v6: skel.maps.cgdrop_rules_v6.as_fd(),
+            owners: skel.maps.cgdrop_owners.as_fd(),
+            killing: skel.maps.cgdrop_killing.as_fd(),
             has_rules: skel.maps.bss_data.as_deref().map_or(0, |b| b.has_rules),
             has_port_rules: skel.maps.bss_data.as_deref().map_or(0, |b| b.has_port_rules),
             unmatched_pass: skel.maps.bss_data.as_deref().map_or(0, |b| b.unmatched_pass),
@@ -167,7 +177,7 @@ pub fn session(
         let shown = match tick {
             Tick::Report => {
                 loader::sweep_expired(&skel, &mut installed)?;
-                Some(stats::read(&skel.maps.stats)?)
+                Some(stats::read(&skel.maps.cgdrop_stats)?)
             }
             Tick::Sweep => {
                 loader::sweep_expired(&skel, &mut installed)?;
@@ -182,7 +192,7 @@ pub fn session(
     });
     // An owned cgroup is emptied while the policy is still in force.
     let emptied = if cgroup.owned() { cgroup.kill_all() } else { Ok(()) };
-    let totals = stats::read(&skel.maps.stats);
+    let totals = stats::read(&skel.maps.cgdrop_stats);
     let top_blocked = logger.map(|l| l.finish(cgroup.id)).unwrap_or_default();
     let left_unfiltered = if cgroup.owned() { 0 } else { cgroup.process_count() };
     // Should processes be left, the pins stay and keep them filtered until

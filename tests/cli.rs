@@ -60,7 +60,7 @@ fn help_lists_the_options() {
 
 #[test]
 fn usage_errors_exit_2_with_one_line() {
-    assert_error(&cgdrop(&[]), 2, &["--cgroup"]);
+    assert_error(&cgdrop(&["--block", "1.2.3.4"]), 2, &["--cgroup"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--port", "0"]), 2, &["'0'", "--port"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--port", "65536"]), 2, &["'65536'", "--port"]);
     assert_error(&cgdrop(&["--cgroup", "x", "--port", "nosuchservice"]), 2, &["'nosuchservice'", "--port"]);
@@ -204,4 +204,71 @@ fn bad_rules_files() {
     assert_error(&cgdrop(&["--cgroup", "x", "--rules-file", missing.to_str().unwrap()]), 1, &["reading rules file"]);
     let ttl_overflow = TempFile::new("overflow", b"deny 1.2.3.4 ttl=99999999999999999999d\n");
     assert_error(&cgdrop(&["--cgroup", "x", "--rules-file", ttl_overflow.0.to_str().unwrap()]), 1, &["line 1"]);
+}
+
+#[test]
+fn alone_it_prints_a_short_usage() {
+    let out = cgdrop(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["cgdrop run -- CMD", "--cgroup PATH", "cgdrop pin", "cgdrop apply", "cgdrop --help"] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    assert!(stderr.lines().count() <= 10, "short: {stderr}");
+}
+
+#[test]
+fn mistakes_get_suggestions_and_plain_words() {
+    assert_error(&cgdrop(&["stauts"]), 2, &["'stauts'", "'status'"]);
+    assert_error(&cgdrop(&["run", "curl", "-x"]), 2, &["put `--` before the command"]);
+    assert_error(&cgdrop(&["run", "--frob", "--", "true"]), 2, &["use '-- --frob'"]);
+    // No message of Rust's number parsers, no `1..18446744073709551615`.
+    for (args, words) in [
+        (&["--cgroup", "x", "--interval", "abc"][..], "not a whole number"),
+        (&["--cgroup", "x", "--interval", "0"][..], "at least 1"),
+        (&["run", "--log-rate", "many", "--", "true"][..], "not a whole number"),
+        (&["run", "--keep-fd", "2", "--", "true"][..], "at least 3"),
+        (&["pin", "--pid", "abc"][..], "not a whole number"),
+        (&["pin", "--pid", "0"][..], "at least 1"),
+        (&["--cgroup", "x", "--port", "99999"][..], "from 1 to 65535"),
+        (&["--cgroup", "x", "--interval", "99999999999999999999"][..], "too large"),
+    ] {
+        let out = cgdrop(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_error(&out, 2, &[words]);
+        assert!(
+            !stderr.contains("invalid digit") && !stderr.contains("..") && !stderr.contains("target type"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// What bash completes for `cgdrop ARGS… CUR` with the generated script.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let script = String::from_utf8(cgdrop(&["completions", "bash"]).stdout).unwrap();
+    let file = common::TempPath::new("completion.bash");
+    fs::write(&*file, script).unwrap();
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let cmd = format!(
+        "source {}; COMP_WORDS=(cgdrop {}); COMP_CWORD={}; _cgdrop cgdrop '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        file.display(),
+        quoted.join(" "),
+        words.len(),
+        words[words.len() - 1],
+        words[words.len() - 2]
+    );
+    let out = Command::new("bash").args(["-c", &cmd]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn completions_offer_interfaces_and_cgroups_not_files() {
+    let ifaces = bash_completes(&["--iface", "l"]);
+    assert!(ifaces.contains(&"lo".to_string()), "{ifaces:?}");
+    let cg = TestCgroup::new("complete");
+    let cgroups = bash_completes(&["pin", "--cgroup", &cg.name[..cg.name.len() - 2]]);
+    assert_eq!(cgroups, std::slice::from_ref(&cg.name), "cgroups below the cgroup2 root");
+    let users = bash_completes(&["run", "--user", "roo"]);
+    assert!(users.contains(&"root".to_string()), "{users:?}");
 }

@@ -93,7 +93,7 @@ fn run_cases(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
 }
 
 fn read_stats(skel: &CgdropSkel<'_>) -> stats::Stats {
-    stats::read(&skel.maps.stats).expect("read stats")
+    stats::read(&skel.maps.cgdrop_stats).expect("read stats")
 }
 
 #[test]
@@ -310,7 +310,7 @@ fn expired_rules_do_not_match() {
     ];
     // Written as if 100 s ago: the 1 s rules expired long since.
     let then_ns = rulemaps::boot_time_ns().unwrap() - 100_000_000_000;
-    let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
+    let maps = RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6 };
     let bss = skel.maps.bss_data.as_deref_mut().unwrap();
     bss.has_rules = 1;
     maps.replace(&mut Installed::new(), &rules, then_ns, || {

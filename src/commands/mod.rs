@@ -43,8 +43,40 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
 fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "cgdrop", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        script = bash_values(&String::from_utf8_lossy(&script)).into_bytes();
+    }
     crate::output::stdout(&script);
     Ok(())
+}
+
+/// What bash offers for the options that take names from the system rather
+/// than file names (clap's generator offers files for every value).
+const BASH_VALUES: [(&str, &str); 6] = [
+    (
+        "--cgroup",
+        r#"COMPREPLY=($(cd "$(awk '$3=="cgroup2"{print $2; exit}' /proc/mounts)" 2>/dev/null && compgen -d -- "${cur}"))"#,
+    ),
+    ("--iface", r#"COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "${cur}"))"#),
+    (
+        "--unit",
+        r#"COMPREPLY=($(compgen -W "$(systemctl list-units --all --plain --no-legend 2>/dev/null | awk '{print $1}')" -- "${cur}"))"#,
+    ),
+    (
+        "--container",
+        r#"COMPREPLY=($(compgen -W "$( (docker ps --format '{{.Names}}'; podman ps --format '{{.Names}}') 2>/dev/null)" -- "${cur}"))"#,
+    ),
+    ("--pid", r#"COMPREPLY=($(compgen -W "$(ls /proc | grep -E '^[0-9]+$')" -- "${cur}"))"#),
+    ("--user", r#"COMPREPLY=($(compgen -u -- "${cur}"))"#),
+];
+
+fn bash_values(script: &str) -> String {
+    let mut out = script.to_string();
+    for (option, line) in BASH_VALUES {
+        let generic = format!("                {option})\n                    COMPREPLY=($(compgen -f \"${{cur}}\"))");
+        out = out.replace(&generic, &format!("                {option})\n                    {line}"));
+    }
+    out
 }
 
 /// The man page (roff) on stdout, from the same definition as --help; with

@@ -107,7 +107,8 @@ pub fn pin_on(policy: &Policy, location: cgroup::Location, replace: bool, origin
     let mut installed = Installed::new();
     loader::apply_rules(&mut skel, &mut installed, policy)?;
     let carried = if existing && origin.keep_live_rules { carry_live_rules(&mut skel, &installed, &dir)? } else { 0 };
-    write_info(&skel, &cgroup, &origin.target, &origin.applied_as)?;
+    let first = if existing { Pinned::open(&dir).ok().map(|p| p.first_pinned_at) } else { None };
+    write_info(&skel, &cgroup, &origin.target, &origin.applied_as, first)?;
     let tmp = TempDir::create(root.join(format!("new-{}-{}", cgroup.id, std::process::id())))?;
     if existing {
         replace_into(&mut skel, &cgroup, policy, tmp, &dir)?;
@@ -135,7 +136,7 @@ fn carry_live_rules(skel: &mut CgdropSkel<'_>, new: &Installed, dir: &Path) -> R
         .filter(|e| e.live && (e.expires_ns == 0 || e.expires_ns > now_ns))
         .filter(|e| new.entries.binary_search_by_key(&e.target, |n| n.target).is_err())
         .collect();
-    let maps = RuleMaps { v4: &skel.maps.rules_v4, v6: &skel.maps.rules_v6 };
+    let maps = RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6 };
     for e in &carried {
         maps.put(e)?;
     }

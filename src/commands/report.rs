@@ -67,8 +67,10 @@ struct StatusJson {
     policy: PolicyJson,
     health: String,
     pin_dir: String,
-    /// CLOCK_REALTIME seconds when it was pinned.
+    /// CLOCK_REALTIME seconds when it was pinned, or last replaced.
     pinned_at: u64,
+    /// CLOCK_REALTIME seconds when it was first pinned (before any replacement).
+    first_pinned_at: u64,
     /// How long ago, by the boot-time clock (wall-clock changes do not count).
     pinned_for_secs: u64,
     #[serde(skip)]
@@ -113,6 +115,7 @@ pub fn status(json: bool, sockets: bool) -> Result<()> {
                 health: p.health()?.to_string(),
                 pin_dir: p.dir.to_string_lossy().into_owned(),
                 pinned_at: p.pinned_at,
+                first_pinned_at: p.first_pinned_at,
                 pinned_for_secs: p.pinned_for_secs()?,
                 reject_errno: config.reject_errno,
                 sockets: if sockets { Some(p.sockets(false)?) } else { None },
@@ -124,8 +127,15 @@ pub fn status(json: bool, sockets: bool) -> Result<()> {
         crate::outln!("{}", serde_json::to_string(&all)?);
         return Ok(());
     }
-    if out.is_empty() {
+    let running = crate::host::sessions::list();
+    if out.is_empty() && running.is_empty() {
         crate::outln!("no pinned cgdrop policies");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for s in &running {
+        crate::outln!("{} (id {}): {} session, cgdrop pid {}", s.cgroup, s.cgroup_id, s.kind, s.pid);
+        crate::outln!("  policy: {}", s.policy);
+        crate::outln!("  started {}; detached when that cgdrop ends", output::age(now.saturating_sub(s.started_at)));
     }
     for (desc, s) in &out {
         crate::outln!("{} (id {}): {}", s.cgroup, s.cgroup_id, s.health);
@@ -136,7 +146,17 @@ pub fn status(json: bool, sockets: bool) -> Result<()> {
             crate::outln!("  declared: policy {name} (`cgdrop apply`)");
         }
         crate::outln!("  policy: {desc}");
-        crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_for_secs));
+        if s.first_pinned_at != s.pinned_at {
+            let first = s.pinned_at.saturating_sub(s.first_pinned_at) + s.pinned_for_secs;
+            crate::outln!(
+                "  pinned: {} {}, last replaced {}",
+                s.pin_dir,
+                output::age(first),
+                output::age(s.pinned_for_secs)
+            );
+        } else {
+            crate::outln!("  pinned: {} {}", s.pin_dir, output::age(s.pinned_for_secs));
+        }
         for line in output::table(&s.stats, &output::rejected_with(s.policy.dry_run, s.reject_errno)).lines() {
             crate::outln!("  {line}");
         }

@@ -4,6 +4,7 @@ pub mod cgroup;
 mod child;
 pub mod preflight;
 pub mod process;
+pub mod sessions;
 pub mod target;
 pub mod tree;
 pub mod watch;

@@ -122,8 +122,15 @@ impl Config {
     pub fn from_rodata(raw: &[u8]) -> Result<Self> {
         // SAFETY: all-zero bytes are a valid rodata (integers and u32 newtypes).
         let mut r: rodata = unsafe { std::mem::zeroed() };
-        if plain::copy_from_bytes(&mut r, raw).is_err() {
-            bail!("rodata has {} bytes, this cgdrop's layout has {}", raw.len(), size_of::<rodata>());
+        // The map holds the section's bytes; the Rust type may add tail padding.
+        let size = size_of::<rodata>();
+        if raw.len() > size || raw.len() + 8 <= size {
+            bail!("rodata has {} bytes, this cgdrop's layout has {size}", raw.len());
+        }
+        let mut padded = vec![0u8; size];
+        padded[..raw.len()].copy_from_slice(raw);
+        if plain::copy_from_bytes(&mut r, &padded).is_err() {
+            bail!("rodata has {} bytes, this cgdrop's layout has {size}", raw.len());
         }
         Ok(Self::decode(&r.cfg))
     }
@@ -172,6 +179,8 @@ pub struct Info {
     pub pinned_at: u64,
     /// CLOCK_BOOTTIME ns.
     pub pinned_boot_ns: u64,
+    /// CLOCK_REALTIME seconds of the first pin (before any `--replace`).
+    pub first_pinned_at: u64,
     /// The target as given (`unit nginx.service`); empty: the path itself.
     pub target: String,
     /// The `cgdrop apply` policy that pinned it; empty: pinned by hand.
@@ -201,6 +210,7 @@ impl Info {
             cgroup_id: self.cgroup_id,
             pinned_at: self.pinned_at,
             pinned_boot_ns: self.pinned_boot_ns,
+            first_pinned_at: self.first_pinned_at,
             layout: cgdrop_layout::CGDROP_LAYOUT_VERSION,
             stat_slots: cgdrop_stat_slot::CGDROP_STAT_SLOTS,
             max_rules: cgdrop_limits::CGDROP_MAX_RULES,
@@ -239,6 +249,7 @@ impl Info {
             applied_as: get_str(&info.applied_as),
             pinned_at: info.pinned_at,
             pinned_boot_ns: info.pinned_boot_ns,
+            first_pinned_at: info.first_pinned_at,
         })
     }
 }
@@ -281,6 +292,7 @@ mod tests {
             cgroup_path: "/sys/fs/cgroup/a".into(),
             pinned_at: 7,
             pinned_boot_ns: 9,
+            first_pinned_at: 5,
             target: "unit a.service".into(),
             applied_as: "web".into(),
         };

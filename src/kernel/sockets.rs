@@ -113,14 +113,14 @@ fn decode(r: &cgdrop_sock_rec) -> Conn {
 pub fn scan(config: &Config, shared: &Shared<'_>, cgroup_id: u64, kill: bool) -> Result<Vec<Conn>> {
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let mut open = CgdropSkelBuilder::default().open(&mut object).context("opening the BPF object")?;
-    open.maps.rodata_data.as_deref_mut().context("no rodata")?.cfg = config.encode();
+    let rodata = open.maps.rodata_data.as_deref_mut().context("no rodata")?;
+    rodata.cfg = config.encode();
+    rodata.iter_cgroup_id = cgroup_id;
+    rodata.iter_kill = u32::from(kill);
     let bss = open.maps.bss_data.as_deref_mut().context("no .bss")?;
     bss.has_rules = shared.has_rules;
     bss.has_port_rules = shared.has_port_rules;
     bss.unmatched_pass = shared.unmatched_pass;
-    let data = open.maps.data_iter_data.as_deref_mut().context("no .data.iter")?;
-    data.iter_cgroup_id = cgroup_id;
-    data.iter_kill = u32::from(kill);
     let p = &mut open.progs;
     for prog in [
         &mut p.cgdrop_ingress,
@@ -136,16 +136,19 @@ pub fn scan(config: &Config, shared: &Shared<'_>, cgroup_id: u64, kill: bool) ->
     p.cgdrop_iter_tcp.set_autoload(true);
     p.cgdrop_iter_udp.set_autoload(true);
     let m = &mut open.maps;
-    m.rules_v4.reuse_fd(shared.rules_v4).context("sharing rules_v4")?;
-    m.rules_v6.reuse_fd(shared.rules_v6).context("sharing rules_v6")?;
-    m.owners.reuse_fd(shared.owners).context("sharing owners")?;
-    m.killing.reuse_fd(shared.killing).context("sharing killing")?;
+    m.cgdrop_rules_v4.reuse_fd(shared.rules_v4).context("sharing rules_v4")?;
+    m.cgdrop_rules_v6.reuse_fd(shared.rules_v6).context("sharing rules_v6")?;
+    m.cgdrop_owners.reuse_fd(shared.owners).context("sharing owners")?;
+    m.cgdrop_killing.reuse_fd(shared.killing).context("sharing killing")?;
     let skel = open.load().map_err(|e| {
         anyhow!("this kernel cannot list the cgroup's sockets with a BPF socket iterator and bpf_sock_destroy (Linux 6.5 or later): {e}")
     })?;
     let zero = 0u32.to_ne_bytes();
     if kill {
-        skel.maps.killing.update(&zero, &1u32.to_ne_bytes(), MapFlags::ANY).context("starting to close sockets")?;
+        skel.maps
+            .cgdrop_killing
+            .update(&zero, &1u32.to_ne_bytes(), MapFlags::ANY)
+            .context("starting to close sockets")?;
     }
     let result = (|| {
         let mut conns = Vec::new();
@@ -163,7 +166,7 @@ pub fn scan(config: &Config, shared: &Shared<'_>, cgroup_id: u64, kill: bool) ->
         Ok(conns)
     })();
     if kill {
-        skel.maps.killing.update(&zero, &0u32.to_ne_bytes(), MapFlags::ANY).context("ending closing sockets")?;
+        skel.maps.cgdrop_killing.update(&zero, &0u32.to_ne_bytes(), MapFlags::ANY).context("ending closing sockets")?;
     }
     result
 }

@@ -38,17 +38,17 @@ pub fn link_path(dir: &Path, hook: Hook) -> PathBuf {
 pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
     let m = &mut skel.maps;
     for (name, map) in [
-        ("stats", &mut m.stats),
-        ("rules_v4", &mut m.rules_v4),
-        ("rules_v6", &mut m.rules_v6),
+        ("stats", &mut m.cgdrop_stats),
+        ("rules_v4", &mut m.cgdrop_rules_v4),
+        ("rules_v6", &mut m.cgdrop_rules_v6),
         ("rodata", &mut m.rodata),
         ("bss", &mut m.bss),
-        ("info", &mut m.info),
-        ("events", &mut m.events),
-        ("event_budget", &mut m.event_budget),
-        ("rule_hits", &mut m.rule_hits),
-        ("owners", &mut m.owners),
-        ("killing", &mut m.killing),
+        ("info", &mut m.cgdrop_info),
+        ("events", &mut m.cgdrop_events),
+        ("event_budget", &mut m.cgdrop_budget),
+        ("rule_hits", &mut m.cgdrop_hits),
+        ("owners", &mut m.cgdrop_owners),
+        ("killing", &mut m.cgdrop_killing),
     ] {
         let path = dir.join(name);
         map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
@@ -58,19 +58,27 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
 
 /// Records the cgroup, the target as given, the `apply` policy name (empty:
 /// by hand) and this cgdrop's layout in the `info` map.
-pub fn write_info(skel: &CgdropSkel<'_>, cgroup: &Cgroup, target: &str, applied_as: &str) -> Result<()> {
+/// `first_pinned_at`: when the policy this one replaces was first pinned.
+pub fn write_info(
+    skel: &CgdropSkel<'_>,
+    cgroup: &Cgroup,
+    target: &str,
+    applied_as: &str,
+    first_pinned_at: Option<u64>,
+) -> Result<()> {
     let pinned_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let info = Info {
         cgroup_id: cgroup.id,
         cgroup_path: cgroup.path.to_string_lossy().into_owned(),
         pinned_at,
         pinned_boot_ns: rulemaps::boot_time_ns()?,
+        first_pinned_at: first_pinned_at.unwrap_or(pinned_at),
         target: target.to_string(),
         applied_as: applied_as.to_string(),
     };
     let encoded = info.encode()?;
     skel.maps
-        .info
+        .cgdrop_info
         .update(&0u32.to_ne_bytes(), config::info_bytes(&encoded), MapFlags::ANY)
         .context("recording the cgroup in the info map")
 }
@@ -87,6 +95,8 @@ pub struct Pinned {
     pub applied_as: String,
     pub pinned_at: u64,
     pub pinned_boot_ns: u64,
+    /// When it was first pinned; differs from `pinned_at` once replaced.
+    pub first_pinned_at: u64,
     pub stats: MapHandle,
     pub rules_v4: MapHandle,
     pub rules_v6: MapHandle,
@@ -152,6 +162,7 @@ impl Pinned {
             applied_as: info.applied_as,
             pinned_at: info.pinned_at,
             pinned_boot_ns: info.pinned_boot_ns,
+            first_pinned_at: info.first_pinned_at,
             stats: open_map(dir, "stats")?,
             rules_v4: open_map(dir, "rules_v4")?,
             rules_v6: open_map(dir, "rules_v6")?,

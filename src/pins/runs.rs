@@ -53,9 +53,9 @@ impl RunPins {
         }
         made.with_context(|| format!("creating {}", dir.display()))?;
         let me = Self { dir };
-        write_info(skel, cgroup, "", "")?;
+        write_info(skel, cgroup, "", "", None)?;
         let info = me.dir.join("info");
-        skel.maps.info.pin(&info).with_context(|| format!("pinning map {}", info.display()))?;
+        skel.maps.cgdrop_info.pin(&info).with_context(|| format!("pinning map {}", info.display()))?;
         for (hook, link) in links.iter_mut() {
             let path = link_path(&me.dir, *hook);
             link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
