@@ -42,18 +42,18 @@ pub struct TargetArgs {
     pub cgroup: Option<PathBuf>,
 
     /// The cgroup of the running process PID.
-    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..), value_hint = clap::ValueHint::Other)]
     pub pid: Option<u32>,
 
     /// The cgroup of a systemd unit: nginx.service, user@1000.service, a
     /// .scope or a .slice (from systemd when it runs the unit, else from the
     /// cgroup tree).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_hint = clap::ValueHint::Other)]
     pub unit: Option<String>,
 
     /// The cgroup of a Docker, Podman or containerd container, by full or
     /// short id, or by name (names need the docker or podman command).
-    #[arg(long, value_name = "ID|NAME")]
+    #[arg(long, value_name = "ID|NAME", value_hint = clap::ValueHint::Other)]
     pub container: Option<String>,
 }
 
@@ -416,7 +416,7 @@ pub struct PolicyArgs {
     /// Only drop packets on this interface (for example `lo` or `eth0`).
     /// connect() cannot know the outgoing interface, so with --iface it is never
     /// rejected at once: blocked TCP connections hang until they time out.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_hint = clap::ValueHint::Other)]
     pub iface: Option<String>,
 
     /// Only drop TCP and UDP packets whose source or destination port is N:

@@ -425,6 +425,21 @@ fn make_install_pins_and_uninstall_leaves_no_trace() {
         assert!(man.contains(&format!("cgdrop\\-{sub}(1)")), "cgdrop.1 refers to cgdrop-{sub}(1)");
         assert!(prefix.join(format!("share/man/man1/cgdrop-{sub}.1")).exists(), "cgdrop-{sub}.1 installed");
     }
+    // Every page any installed page refers to is installed (rule → rule-add, …).
+    let man1 = prefix.join("share/man/man1");
+    for page in fs::read_dir(&man1).unwrap().map(|e| e.unwrap().path()) {
+        let text = fs::read_to_string(&page).unwrap().replace("\\-", "-");
+        for (at, _) in text.match_indices("cgdrop-") {
+            let name: String = text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            if text[at + name.len()..].starts_with("(1)") {
+                assert!(
+                    man1.join(format!("{name}.1")).exists(),
+                    "{} refers to {name}(1), not installed",
+                    page.display()
+                );
+            }
+        }
+    }
     let mut progs = attached_cgdrop_progs(&cg_path);
     progs.sort();
     assert_eq!(

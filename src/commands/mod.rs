@@ -71,12 +71,21 @@ const BASH_VALUES: [(&str, &str); 6] = [
 ];
 
 fn bash_values(script: &str) -> String {
-    let mut out = script.to_string();
-    for (option, line) in BASH_VALUES {
-        let generic = format!("                {option})\n                    COMPREPLY=($(compgen -f \"${{cur}}\"))");
-        out = out.replace(&generic, &format!("                {option})\n                    {line}"));
+    let mut out = Vec::new();
+    let mut replace_next: Option<&str> = None;
+    for line in script.lines() {
+        match replace_next.take() {
+            Some(ours) if line.trim_start().starts_with("COMPREPLY=") => {
+                out.push(format!("                    {ours}"));
+                continue;
+            }
+            _ => {}
+        }
+        let case = line.trim();
+        replace_next = BASH_VALUES.iter().find(|(option, _)| case == format!("{option})")).map(|(_, ours)| *ours);
+        out.push(line.to_string());
     }
-    out
+    out.join("\n") + "\n"
 }
 
 /// The man page (roff) on stdout, from the same definition as --help; with
