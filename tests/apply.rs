@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Probe, TempPath, TestCgroup, CGDROP};
+use common::{Probe, TempPath, TestCgroup, Unpin, CGDROP};
 
 /// `--prune` removes every policy `apply` made that the files do not name:
 /// the tests of this file must not run at the same time.
@@ -25,17 +25,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn cgdrop(args: &[&str]) -> Output {
     Command::new(CGDROP).args(args).output().expect("run cgdrop")
-}
-
-/// Unpins the policies of these cgroups on drop, also when the test fails.
-struct Unpin(Vec<String>);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = cgdrop(&["unpin", "--cgroup", p]);
-        }
-    }
 }
 
 /// Program ids attached to a cgroup (`bpftool cgroup show`), sorted.
@@ -61,7 +50,7 @@ struct Setup {
     b: TestCgroup,
     file: TempPath,
     names: (String, String),
-    _unpin: Unpin,
+    _unpin: Vec<Unpin>,
 }
 
 impl Setup {
@@ -76,7 +65,7 @@ impl Setup {
         let file = TempPath::new(&format!("{name}.toml"));
         let me = std::process::id();
         let names = (format!("cgdrop-test-{name}-a-{me}"), format!("cgdrop-test-{name}-b-{me}"));
-        let _unpin = Unpin(vec![a.path.to_str().unwrap().into(), b.path.to_str().unwrap().into()]);
+        let _unpin = vec![Unpin(a.path.to_str().unwrap().into()), Unpin(b.path.to_str().unwrap().into())];
         Self { tree, a, b, file, names, _unpin }
     }
 
@@ -158,7 +147,7 @@ fn apply_pins_keeps_replaces_and_prunes_what_the_file_says() {
     // A policy pinned by hand is never pruned.
     let hand = s.tree.path.join("hand");
     fs::create_dir(&hand).unwrap();
-    let _unpin_hand = Unpin(vec![hand.to_str().unwrap().into()]);
+    let _unpin_hand = Unpin(hand.to_str().unwrap().into());
     assert!(cgdrop(&["pin", "--cgroup", hand.to_str().unwrap()]).status.success());
     let (code, out, _) = s.apply(&["--prune"]);
     assert_eq!(code, Some(0));

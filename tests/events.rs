@@ -11,17 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Probe, TestCgroup, CGDROP};
+use common::{Probe, TestCgroup, Unpin, CGDROP};
 use serde_json::Value;
-
-/// Unpins a test cgroup's policy on drop, also when the test fails.
-struct Unpin(String);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
-    }
-}
 
 /// The JSON lines of a stdout that also holds the command's own output.
 fn json_lines(stdout: &str) -> Vec<Value> {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestCgroup, CGDROP};
+use common::{TestCgroup, Unpin, CGDROP};
 use serde_json::Value;
 
 /// A python process whose stdout lines arrive on a channel; killed on drop.
@@ -49,15 +49,6 @@ impl Drop for Py {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Unpins a test cgroup's policy on drop, also when the test fails.
-struct Unpin(String);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
     }
 }
 

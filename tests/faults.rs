@@ -69,18 +69,6 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-const EGRESS_HOOKS: [&str; 6] =
-    ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_sendmsg4", "cgdrop_sendmsg6", "cgdrop_sock_create"];
-const BOTH_HOOKS: [&str; 7] = [
-    "cgdrop_connect4",
-    "cgdrop_connect6",
-    "cgdrop_egress",
-    "cgdrop_ingress",
-    "cgdrop_sendmsg4",
-    "cgdrop_sendmsg6",
-    "cgdrop_sock_create",
-];
-
 #[test]
 #[ignore = "needs root: `make test` runs it as root"]
 fn foreground_interrupted_at_any_stage_leaves_nothing() {
@@ -116,7 +104,7 @@ fn pin_killed_at_any_stage_is_all_or_nothing() {
             }
             Some(p) => {
                 assert_eq!(p["health"], "ok", "killed at {delay} ms: {p}");
-                assert_eq!(sorted(attached_cgdrop_progs(&cg.path)), EGRESS_HOOKS, "killed at {delay} ms");
+                assert_eq!(sorted(attached_cgdrop_progs(&cg.path)), common::EGRESS_HOOKS, "killed at {delay} ms");
                 complete += 1;
             }
         }
@@ -149,7 +137,7 @@ fn replace_killed_at_any_stage_keeps_one_complete_policy() {
         interrupt(&args, Signal::SIGKILL, delay);
         let p = status_of(&cg).unwrap_or_else(|| panic!("killed at {delay} ms: the policy is gone"));
         assert_eq!(p["health"], "ok", "killed at {delay} ms: {p}");
-        let want: &[&str] = if p["policy"]["ingress"] == true { &BOTH_HOOKS } else { &EGRESS_HOOKS };
+        let want: &[&str] = if p["policy"]["ingress"] == true { &common::BOTH_HOOKS } else { &common::EGRESS_HOOKS };
         assert_eq!(sorted(attached_cgdrop_progs(&cg.path)), want, "killed at {delay} ms: {p}");
         assert!(working_dirs_left().is_empty(), "killed at {delay} ms: {:?}", working_dirs_left());
     }

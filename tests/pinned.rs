@@ -83,17 +83,7 @@ fn pinned_policy_outlives_cgdrop_and_keeps_counting() {
     // cgdrop has exited: the pins alone keep the programs attached.
     let mut progs = attached_cgdrop_progs(&cg.path);
     progs.sort();
-    assert_eq!(
-        progs,
-        [
-            "cgdrop_connect4",
-            "cgdrop_connect6",
-            "cgdrop_egress",
-            "cgdrop_sendmsg4",
-            "cgdrop_sendmsg6",
-            "cgdrop_sock_create"
-        ]
-    );
+    assert_eq!(progs, common::EGRESS_HOOKS);
     let dir = bpf_root().join(cgroup_id(&cg).to_string());
     assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "pins readable by root only");
 
@@ -160,17 +150,7 @@ fn replace_under_traffic_lets_nothing_through() {
     assert_eq!(mine["policy"]["deny_rules"], 1);
     let mut progs = attached_cgdrop_progs(&cg.path);
     progs.sort();
-    assert_eq!(
-        progs,
-        [
-            "cgdrop_connect4",
-            "cgdrop_connect6",
-            "cgdrop_egress",
-            "cgdrop_sendmsg4",
-            "cgdrop_sendmsg6",
-            "cgdrop_sock_create"
-        ]
-    );
+    assert_eq!(progs, common::EGRESS_HOOKS);
     let leftovers: Vec<_> = fs::read_dir(bpf_root()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(
         leftovers.iter().all(|n| n.to_str().unwrap().parse::<u64>().is_ok()),
@@ -442,17 +422,7 @@ fn make_install_pins_and_uninstall_leaves_no_trace() {
     }
     let mut progs = attached_cgdrop_progs(&cg_path);
     progs.sort();
-    assert_eq!(
-        progs,
-        [
-            "cgdrop_connect4",
-            "cgdrop_connect6",
-            "cgdrop_egress",
-            "cgdrop_sendmsg4",
-            "cgdrop_sendmsg6",
-            "cgdrop_sock_create"
-        ]
-    );
+    assert_eq!(progs, common::EGRESS_HOOKS);
     let st = status();
     assert!(st.iter().any(|p| p["cgroup"] == cg_path.to_str().unwrap() && p["health"] == "ok"), "{st:?}");
     let cg = TestCgroup { path: cg_path.clone(), name: name.clone() };

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Probe, TestCgroup, CGDROP};
+use common::{Probe, TestCgroup, Unpin, CGDROP};
 
 fn cgdrop(args: &[&str]) -> std::process::Output {
     Command::new(CGDROP).args(args).output().expect("run cgdrop")
@@ -21,15 +21,6 @@ fn cgdrop(args: &[&str]) -> std::process::Output {
 fn ok(args: &[&str]) {
     let out = cgdrop(args);
     assert!(out.status.success(), "cgdrop {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Unpins a test cgroup's policy on drop, also when the test fails.
-struct Unpin(String);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = cgdrop(&["unpin", "--cgroup", &self.0]);
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Command, thread, time::Duration};
 
-use common::{Cgdrop, TestCgroup, CGDROP};
+use common::{Cgdrop, TestCgroup, Unpin, CGDROP};
 
 fn cgdrop(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(CGDROP).args(args).output().expect("run cgdrop");
@@ -35,15 +35,6 @@ fn the_banner_lists_the_rules_in_force() {
         stderr.contains("rules in force: deny 10.0.0.0/8, deny 192.0.2.1/32, deny 198.51.100.0/24, deny 203.0.113.0/24, … (5 in all)"),
         "{stderr}"
     );
-}
-
-/// Unpins a test cgroup's policy on drop, also when the test fails.
-struct Unpin(String);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::{fs, path::Path, process::Command};
 
-use common::{Probe, TestCgroup, CGDROP};
+use common::{Probe, TestCgroup, Unpin, CGDROP};
 use serde_json::Value;
 
 fn cgdrop(args: &[&str]) -> std::process::Output {
@@ -26,15 +26,6 @@ fn refused(args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "cgdrop {args:?}: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     stderr
-}
-
-/// Unpins the policy of a cgroup path on drop, also when the test fails.
-struct Unpin(String);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = cgdrop(&["unpin", "--cgroup", &self.0]);
-    }
 }
 
 /// A cgroup below a test cgroup (removed with it).

@@ -68,6 +68,15 @@ pub fn remove_cgroup(path: &Path) {
     }
 }
 
+/// Unpins the policy of a cgroup path on drop, also when the test fails.
+pub struct Unpin(pub String);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = Command::new(CGDROP).args(["unpin", "--cgroup", &self.0]).output();
+    }
+}
+
 /// A file path `/tmp/cgdrop-test-<name>-<pid>`, removed on drop, even when
 /// the test fails.
 pub struct TempPath(pub PathBuf);
@@ -299,6 +308,19 @@ fn lines_of(stderr: ChildStderr) -> mpsc::Receiver<String> {
     });
     rx
 }
+
+/// The programs a default policy attaches with `--egress` (sorted), and with both directions.
+pub const EGRESS_HOOKS: [&str; 6] =
+    ["cgdrop_connect4", "cgdrop_connect6", "cgdrop_egress", "cgdrop_sendmsg4", "cgdrop_sendmsg6", "cgdrop_sock_create"];
+pub const BOTH_HOOKS: [&str; 7] = [
+    "cgdrop_connect4",
+    "cgdrop_connect6",
+    "cgdrop_egress",
+    "cgdrop_ingress",
+    "cgdrop_sendmsg4",
+    "cgdrop_sendmsg6",
+    "cgdrop_sock_create",
+];
 
 /// Names of the cgdrop programs `bpftool cgroup show` lists on `path`.
 pub fn attached_cgdrop_progs(path: &Path) -> Vec<String> {
