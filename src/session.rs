@@ -114,6 +114,13 @@ pub fn session(
     }
     let mut links = loader::attach(&skel, cgroup, &policy)?;
     let pins = if cgroup.owned() { Some(RunPins::pin(&mut skel, &mut links, cgroup)?) } else { None };
+    // Registered before it says it is attached: `status` right after sees it.
+    let _registered = sessions::register(
+        if tally { "run" } else { "foreground" },
+        &cgroup.path,
+        cgroup.id,
+        &output::describe(&policy),
+    );
     crate::say!(
         "cgdrop: attached to cgroup {} (id {}): dropping {}{}; {}",
         cgroup.path.display(),
@@ -125,12 +132,6 @@ pub fn session(
     if let Some(line) = output::rules_line(&policy) {
         crate::say!("{line}");
     }
-    let _registered = sessions::register(
-        if tally { "run" } else { "foreground" },
-        &cgroup.path,
-        cgroup.id,
-        &output::describe(&policy),
-    );
 
     // A fresh cgroup (`run`) has no sockets from before.
     if !tally {

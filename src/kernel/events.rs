@@ -177,7 +177,9 @@ pub fn follow_while(
         if done {
             ring.consume().context("reading events")?;
         } else {
-            match ring.poll(Duration::from_millis(100)) {
+            // Short: the end of a session waits for this wait to end (a
+            // `cgdrop run -- true` would otherwise take 100 ms longer).
+            match ring.poll(Duration::from_millis(20)) {
                 // A signal (Ctrl-C, SIGTERM) interrupts the wait: the loop looks at `stop`.
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 other => other.context("reading events")?,
