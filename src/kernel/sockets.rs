@@ -140,6 +140,10 @@ pub fn scan(config: &Config, shared: &Shared<'_>, cgroup_id: u64, kill: bool) ->
     m.cgdrop_rules_v6.reuse_fd(shared.rules_v6).context("sharing rules_v6")?;
     m.cgdrop_owners.reuse_fd(shared.owners).context("sharing owners")?;
     m.cgdrop_killing.reuse_fd(shared.killing).context("sharing killing")?;
+    // The maps this instance does not use, as small as they go: the rule hits
+    // of its lookups must not count, and a 2M-entry table costs ~25 ms to make.
+    m.cgdrop_hits.set_max_entries(1).context("sizing the hits map")?;
+    m.cgdrop_events.set_max_entries(4096).context("sizing the events map")?;
     let skel = open.load().map_err(|e| {
         anyhow!("this kernel cannot list the cgroup's sockets with a BPF socket iterator and bpf_sock_destroy (Linux 6.5 or later): {e}")
     })?;
