@@ -283,6 +283,10 @@ fn port_ranges_and_service_names_drop_exactly_their_ports() {
     }
     let dns = |port: &str| Probe::run(Some(&cg), &["tcp-connect", "127.0.0.2", port, "1"])["result"].clone();
     assert_eq!((dns("53"), dns("54")), ("EPERM".into(), "ECONNREFUSED".into()), "domain is port 53 only");
+    // `rule list` shows the range as it was written, one line.
+    let list = cgdrop(&["rule", "list", "--cgroup", &path]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains(&format!("deny 127.0.0.1/32:{}-{} ", base + 1, base + 3)), "{list}");
     // `rule del` of the range removes every port of it.
     ok(&["rule", "del", "--cgroup", &path, &range]);
     assert_eq!(to(base + 2), "ECONNREFUSED");

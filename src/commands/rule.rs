@@ -216,16 +216,42 @@ fn list(cgroup: &Path, json: bool) -> Result<()> {
     }
     let unmatched = if p.unmatched_pass()? { "passes" } else { "is dropped" };
     crate::outln!("# {}: {} rules; traffic no rule matches {unmatched}", p.cgroup_path, rules.entries.len());
-    for e in &rules.entries {
+    // A port range (one entry per port in the tries) is one line, as it was written.
+    let mut i = 0;
+    while i < rules.entries.len() {
+        let e = &rules.entries[i];
+        let mut end = i;
+        while let Some(next) = rules.entries.get(end + 1) {
+            let prev = &rules.entries[end];
+            let same = next.target.addr == e.target.addr
+                && next.target.prefix == e.target.prefix
+                && e.target.port != 0
+                && next.target.port == prev.target.port + 1
+                && (next.action, next.live, next.expires_ns) == (e.action, e.live, e.expires_ns);
+            if !same {
+                break;
+            }
+            end += 1;
+        }
+        let group = &rules.entries[i..=end];
+        let shown = if group.len() == 1 {
+            e.target.to_string()
+        } else {
+            let whole = e.target.to_string();
+            format!("{whole}-{}", group[group.len() - 1].target.port)
+        };
         let ttl = left(e.expires_ns).map_or("never expires".to_string(), |s| format!("expires in {}", format_secs(s)));
         let live = if e.live { " (rule add)" } else { "" };
-        let h = hits::of(&p.rule_hits, &e.target);
-        let last = if h.last_ns == 0 {
+        let hit_list: Vec<_> = group.iter().map(|g| hits::of(&p.rule_hits, &g.target)).collect();
+        let total: u64 = hit_list.iter().map(|h| h.hits).sum();
+        let last_ns = hit_list.iter().map(|h| h.last_ns).max().unwrap_or(0);
+        let last = if last_ns == 0 {
             String::new()
         } else {
-            format!(", last {}", crate::output::age(now_ns.saturating_sub(h.last_ns) / 1_000_000_000))
+            format!(", last {}", crate::output::age(now_ns.saturating_sub(last_ns) / 1_000_000_000))
         };
-        crate::outln!("{:<5} {:<44} {ttl}{live}; {} hits{last}", e.action, e.target.to_string(), h.hits);
+        crate::outln!("{:<5} {:<44} {ttl}{live}; {total} hits{last}", e.action, shown);
+        i = end + 1;
     }
     Ok(())
 }
