@@ -71,6 +71,11 @@ impl TargetArgs {
         }
     }
 
+    /// The target, which clap has already required where one is needed.
+    pub fn required(&self) -> anyhow::Result<CgroupTarget> {
+        self.target().ok_or_else(|| anyhow::anyhow!("a target (--cgroup, --pid, --unit or --container) is required"))
+    }
+
     /// The cgroup path the target names (absolute, or relative to the
     /// cgroup2 root, as `cgroup::locate` takes it), if a target was given.
     pub fn path(&self) -> anyhow::Result<Option<PathBuf>> {

@@ -19,6 +19,16 @@ fn json_lines(stdout: &str) -> Vec<Value> {
     stdout.lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// A python script running in a cgroup, with its stdout to read.
+fn python_in(cg: &TestCgroup, script: &str) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).stdout(Stdio::piped());
+    common::in_cgroup(&mut cmd, &cg.path);
+    let mut child = cmd.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
 /// The first line `pid N` of the command's output.
 fn pid_of(stdout: &str) -> u64 {
     stdout.lines().find_map(|l| l.strip_prefix("pid ")).and_then(|p| p.trim().parse().ok()).expect("pid line")
@@ -213,12 +223,9 @@ fn an_established_connection_names_its_owner_or_unknown_never_another() {
         "import os, socket, time\nprint('pid', os.getpid(), flush=True)\ns = socket.create_connection(('127.0.0.1', {port}))\nwhile not os.path.exists('{go}'):\n    time.sleep(0.02)\nfor _ in range(20):\n    try:\n        s.send(b'x' * 100)\n    except OSError:\n        pass\n    time.sleep(0.05)\n",
         go = go.display()
     );
-    let mut client = Command::new("python3");
-    client.args(["-c", &script]).stdout(Stdio::piped());
-    common::in_cgroup(&mut client, &cg.path);
-    let mut client = client.spawn().unwrap();
+    let (mut client, mut out) = python_in(&cg, &script);
     let mut first = String::new();
-    BufReader::new(client.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    out.read_line(&mut first).unwrap();
     let pid = pid_of(&first);
     let cgdrop = common::Cgdrop::start(&["--cgroup", cg.path.to_str().unwrap(), "--egress", "--log-json"]);
     std::fs::write(&*go, "").unwrap();
@@ -297,11 +304,7 @@ fn an_ingress_drop_names_the_receiver_that_never_sent() {
         "import os, socket, time\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nu.bind(('127.0.0.1', 0))\nprint('pid', os.getpid(), flush=True)\nprint('port', u.getsockname()[1], flush=True)\nwhile not os.path.exists('{go}'):\n    time.sleep(0.02)\n",
         go = go.display()
     );
-    let mut receiver = Command::new("python3");
-    receiver.args(["-c", &script]).stdout(Stdio::piped());
-    common::in_cgroup(&mut receiver, &cg.path);
-    let mut receiver = receiver.spawn().unwrap();
-    let mut out = BufReader::new(receiver.stdout.take().unwrap());
+    let (mut receiver, mut out) = python_in(&cg, &script);
     let (mut first, mut second) = (String::new(), String::new());
     out.read_line(&mut first).unwrap();
     out.read_line(&mut second).unwrap();

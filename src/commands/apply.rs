@@ -160,7 +160,7 @@ fn differences(d: &Declared, p: &Pinned) -> Result<Vec<String>> {
             format!("take over from policy {}", p.applied_as)
         });
     }
-    if p.target != d.target.recorded() && !p.applied_as.is_empty() && p.applied_as == d.name {
+    if p.applied_as == d.name && p.target != d.target.to_string() {
         why.push(format!("target was {}", p.target));
     }
     let health = p.health()?;
@@ -243,7 +243,8 @@ fn execute(decls: &[Declared], steps: Vec<Step>) -> Result<usize> {
 }
 
 fn pin_declared(d: &Declared, location: Location, replace: bool) -> Result<()> {
-    let origin = Origin { target: d.target.recorded(), applied_as: d.name.clone(), keep_live_rules: d.keep_live_rules };
+    let origin =
+        Origin { target: d.target.to_string(), applied_as: d.name.clone(), keep_live_rules: d.keep_live_rules };
     let at =
         pin::pin_on(&d.policy, location, replace, &origin).with_context(|| format!("{}: policy {}", d.at, d.name))?;
     pin::existing_connections(&at.dir, &d.policy);

@@ -22,7 +22,7 @@ use crate::{
 pub fn run(args: &ForegroundArgs, verbose: bool) -> Result<u8> {
     announce_rules_file(&args.policy);
     let policy = Policy::from_args(&args.policy)?;
-    let target = args.target.target().context("a target (--cgroup, --pid, --unit or --container) is required")?;
+    let target = args.target.required()?;
     let location = cgroup::locate(&target.resolve()?, args.create, args.whole_host)?;
     preflight::check()?;
     loader::set_verbose(verbose);

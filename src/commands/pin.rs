@@ -34,12 +34,11 @@ pub fn pin(args: &PinArgs, verbose: bool) -> Result<()> {
         loader::set_verbose(verbose);
         return pin_programs(&policy);
     }
-    let target =
-        args.target.target().context("a target (--cgroup, --pid, --unit or --container) or --programs is required")?;
+    let target = args.target.required()?;
     let location = cgroup::locate(&target.resolve()?, args.create, args.whole_host)?;
     preflight::check()?;
     loader::set_verbose(verbose);
-    let origin = Origin { target: target.recorded(), applied_as: String::new(), keep_live_rules: true };
+    let origin = Origin { target: target.to_string(), applied_as: String::new(), keep_live_rules: true };
     let pinned = pin_on(&policy, location, args.replace, &origin)?;
     crate::say!(
         "cgdrop: {} cgroup {} (id {}{}): dropping {}; pinned at {}",

@@ -57,7 +57,7 @@ fn locked(cgroup: &Path) -> Result<(Pinned, OwnedFd)> {
 }
 
 fn path(t: &RuleTarget) -> Result<std::path::PathBuf> {
-    t.target.path()?.context("a target (--cgroup, --pid, --unit or --container) is required")
+    t.target.required()?.resolve()
 }
 
 pub fn run(command: &RuleCommand) -> Result<()> {

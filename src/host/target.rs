@@ -24,6 +24,7 @@ pub enum CgroupTarget {
     Container(String),
 }
 
+/// Also what a pinned policy records as its target (`info.target`).
 impl fmt::Display for CgroupTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -39,23 +40,6 @@ impl fmt::Display for CgroupTarget {
 const MAX_DEPTH: usize = 8;
 
 impl CgroupTarget {
-    /// The target as recorded with a pinned policy; parsed back by `parse_recorded`.
-    pub fn recorded(&self) -> String {
-        self.to_string()
-    }
-
-    /// Reads back what `recorded` wrote.
-    pub fn parse_recorded(s: &str) -> Option<CgroupTarget> {
-        let (kind, value) = s.split_once(' ')?;
-        Some(match kind {
-            "cgroup" => CgroupTarget::Cgroup(PathBuf::from(value)),
-            "pid" => CgroupTarget::Pid(value.parse().ok()?),
-            "unit" => CgroupTarget::Unit(value.to_string()),
-            "container" => CgroupTarget::Container(value.to_string()),
-            _ => return None,
-        })
-    }
-
     /// A path `cgroup::locate` takes: absolute, or relative to the cgroup2 root.
     /// Units and containers that have no cgroup now are errors that say so.
     pub fn resolve(&self) -> Result<PathBuf> {
@@ -293,17 +277,5 @@ mod tests {
         assert_eq!(container_id_of(Path::new(&format!("/cg/machine.slice/libpod-conmon-{id}.scope"))), None);
         assert_eq!(container_id_of(Path::new(&format!("/cg/other/{id}"))), None);
         assert_eq!(container_id_of(Path::new("/cg/docker/short")), None);
-    }
-
-    #[test]
-    fn recorded_targets_read_back() {
-        for t in [
-            CgroupTarget::Cgroup("a/b".into()),
-            CgroupTarget::Pid(7),
-            CgroupTarget::Unit("x.service".into()),
-            CgroupTarget::Container("web".into()),
-        ] {
-            assert_eq!(CgroupTarget::parse_recorded(&t.recorded()), Some(t));
-        }
     }
 }

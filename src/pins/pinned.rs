@@ -222,7 +222,7 @@ impl Pinned {
         match target.resolve() {
             Ok(path) => Self::find(&path),
             Err(e) => {
-                let recorded = target.recorded();
+                let recorded = target.to_string();
                 Self::list()?.into_iter().find(|p| p.target == recorded).ok_or(e)
             }
         }
