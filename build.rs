@@ -1,6 +1,8 @@
 //! Compiles bpf/cgdrop.bpf.c into `$OUT_DIR/cgdrop.skel.rs` (and the object
-//! `$OUT_DIR/cgdrop.bpf.o`) with libbpf-cargo, plus `cgdrop-plain.bpf.o`, the
-//! same programs without the two test-only ones, for bpftool in the benchmarks.
+//! `$OUT_DIR/cgdrop.bpf.o`) with libbpf-cargo; into `cgdrop_sockets.skel.rs`
+//! with the socket iterators (the one part that needs CO-RE); and into
+//! `cgdrop-plain.bpf.o`, the policy programs without the two test-only ones,
+//! for bpftool in the benchmarks.
 use std::{env, path::PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
@@ -33,6 +35,14 @@ fn main() {
         .clang_args(args)
         .build_and_generate(out_dir.join("cgdrop.skel.rs"))
         .expect("compiling bpf/cgdrop.bpf.c (is clang installed? run scripts/deps.sh)");
+    // The socket iterators (kernel structs: CO-RE) in an object of their own,
+    // so that loading a policy never reads the kernel's BTF.
+    SkeletonBuilder::new()
+        .source(SRC)
+        .obj(out_dir.join("cgdrop_sockets.bpf.o"))
+        .clang_args(args.into_iter().chain(["-DCGDROP_SOCKETS"]))
+        .build_and_generate(out_dir.join("cgdrop_sockets.skel.rs"))
+        .expect("compiling bpf/cgdrop.bpf.c with the socket iterators");
     SkeletonBuilder::new()
         .source(SRC)
         .obj(out_dir.join("cgdrop-plain.bpf.o"))

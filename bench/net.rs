@@ -16,8 +16,8 @@ use crate::{
     Summary, Table,
 };
 
-const THROUGHPUT_SECS: u32 = 4;
-const THROUGHPUT_RUNS: usize = 3;
+const THROUGHPUT_SECS: u32 = 2;
+const THROUGHPUT_RUNS: usize = 9;
 const FLOOD_PACKETS: u64 = 300_000;
 const DROP_RUNS: usize = 3;
 const CONNECTS: u64 = 20_000;
@@ -85,7 +85,9 @@ fn free_port() -> Result<u16> {
 
 fn iperf3(cg: &BenchCgroup, port: u16, udp: bool) -> Result<f64> {
     let mut argv: Vec<String> =
-        ["iperf3", "-c", "127.0.0.1", "-p", &port.to_string(), "-t", &THROUGHPUT_SECS.to_string(), "-J"]
+        // -A 0,1: the client on CPU 0, the server on CPU 1, in every run (the
+        // scheduler's placement would otherwise differ from run to run).
+        ["iperf3", "-c", "127.0.0.1", "-p", &port.to_string(), "-t", &THROUGHPUT_SECS.to_string(), "-J", "-A", "0,1"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -123,30 +125,31 @@ pub fn throughput() -> Result<String> {
     let mut table = Table::new(
         "Throughput on the pass path (loopback, iperf3)",
         &format!(
-            "iperf3 client in a cgroup, server outside, {THROUGHPUT_SECS} s per run, {THROUGHPUT_RUNS} runs per set-up, \
-             set-ups interleaved. (a) nothing attached; (b) cgdrop with a policy that does not match \
-             (`--block 192.0.2.1`, both directions); (c) an nftables table with the equivalent `socket cgroupv2` \
-             rules in output and input. Targets: b/a ≥ 0.98, b/c ≥ 1."
+            "iperf3 client in a cgroup, server outside, client pinned to CPU 0 and server to CPU 1, \
+             {THROUGHPUT_SECS} s per run, {THROUGHPUT_RUNS} rounds of the three set-ups one after the other (each round starting \
+             with the next set-up). \
+             (a) nothing attached; (b) cgdrop with a policy that does not match (`--block 192.0.2.1`, both \
+             directions); (c) an nftables table with the equivalent `socket cgroupv2` rules in output and input. \
+             Each cell: median [min–max]; the ratios are taken within each round (runs seconds apart), median \
+             [min–max] of the {THROUGHPUT_RUNS} rounds. Targets: b/a ≥ 0.98, b/c ≥ 1."
         ),
         &["traffic", "(a) nothing", "(b) cgdrop", "(c) nftables", "b/a", "b/c"],
     );
     for (name, udp, digits) in [("TCP, Gbit/s", false, 2), ("UDP 64-byte, packets/s", true, 0)] {
         let mut samples = [Vec::new(), Vec::new(), Vec::new()];
-        for _ in 0..THROUGHPUT_RUNS {
-            for (i, setup) in SETUPS.iter().enumerate() {
-                let _guard = attach(*setup, &cg, &cgdrop_flags, &nft_out, &nft_in)?;
+        for round in 0..THROUGHPUT_RUNS {
+            // Each round starts with another set-up: none is always first (or last).
+            for k in 0..SETUPS.len() {
+                let i = (round + k) % SETUPS.len();
+                let _guard = attach(SETUPS[i], &cg, &cgdrop_flags, &nft_out, &nft_in)?;
                 samples[i].push(iperf3(&cg, port, udp)?);
             }
         }
+        let ratio =
+            |x: &[f64], y: &[f64]| -> Summary { Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>()) };
+        let (ba, bc) = (ratio(&samples[1], &samples[0]), ratio(&samples[1], &samples[2]));
         let [a, b, c] = samples.map(|s| Summary::of(&s));
-        table.row(&[
-            name.to_string(),
-            a.cell(digits),
-            b.cell(digits),
-            c.cell(digits),
-            format!("{:.3}", b.median / a.median),
-            format!("{:.3}", b.median / c.median),
-        ]);
+        table.row(&[name.to_string(), a.cell(digits), b.cell(digits), c.cell(digits), ba.cell(3), bc.cell(3)]);
     }
     Ok(table.finish())
 }

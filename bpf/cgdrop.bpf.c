@@ -13,6 +13,17 @@
  *   5. no rule: drop, unless the policy has deny rules (then it is a block list)
  *   6. dry-run: counted as above, but always pass
  */
+/*
+ * Two objects are built from this file (build.rs). The policy object reads
+ * only UAPI contexts (__sk_buff, bpf_sock_addr, bpf_sock) and wire headers,
+ * whose layouts never change: compiled without CO-RE relocations, libbpf
+ * never reads the kernel's BTF to load it (5.5 MB parsed and searched, ~13 ms
+ * of every start). The sockets object (CGDROP_SOCKETS) adds the socket
+ * iterators, which read kernel structs and so need CO-RE.
+ */
+#ifndef CGDROP_SOCKETS
+#define BPF_NO_PRESERVE_ACCESS_INDEX
+#endif
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -63,8 +74,11 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CGDROP_STAT_SLOTS);
 	__type(key, __u32);
-	__type(value, struct cgdrop_counters);
+	__type(value, struct cgdrop_stat_cpu);
 } cgdrop_stats SEC(".maps");
+
+_Static_assert(sizeof(((struct cgdrop_stat_cpu *)0)->level) / sizeof(struct cgdrop_counters) == CGDROP_LEVELS,
+	       "struct cgdrop_stat_cpu has CGDROP_LEVELS levels");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -91,15 +105,17 @@ struct {
 } cgdrop_info SEC(".maps");
 
 /*
- * Per-rule hit counters, per CPU (exact without locked instructions across
- * CPUs), created on a rule's first hit; userspace deletes a rule's entry
- * with the rule.
+ * Per-rule hit counters, per CPU and nesting level (exact without locked
+ * instructions, as `stats`), keyed by the rule's hit_key, created on a
+ * rule's first hit; userspace deletes a rule's entry with the rule. Sized
+ * by the loader (a hash's buckets are allocated when it is made: 2M of
+ * them cost ~25 ms at every start).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 2 * CGDROP_MAX_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct cgdrop_rule_ref);
+	__type(key, __u64);
 	__type(value, struct cgdrop_hits);
 } cgdrop_hits SEC(".maps");
 
@@ -156,10 +172,10 @@ struct {
 
 /* What the verdict needs to know of a packet. Ports are in host order. */
 struct pkt_info {
-	/* The remote address (egress: destination; ingress: source); IPv4 uses 4 bytes. */
-	__u8 addr[16];
-	/* The final destination of an IPv6 routing header (4-byte aligned: read as words). */
-	__u8 final_addr[16];
+	/* The remote address (egress: destination; ingress: source); IPv4 uses 4 bytes. Read as words. */
+	__u8 addr[16] __attribute__((aligned(4)));
+	/* The final destination of an IPv6 routing header. */
+	__u8 final_addr[16] __attribute__((aligned(4)));
 	__u16 sport;
 	__u16 dport;
 	/* 4, 6, or 0 when the IP header could not be read. */
@@ -174,51 +190,117 @@ struct pkt_info {
 	__u8 is_tcp;
 };
 
+/* Per nesting level: the packet the level's last judge() parsed (for its event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CGDROP_LEVELS);
+	__type(key, __u32);
+	__type(value, struct pkt_info);
+} cgdrop_pkt SEC(".maps");
+
 /* Whether a port (host order) is in the policy's --port range; false with no range. */
 static __always_inline bool in_port_range(__u16 port)
 {
 	return port >= cfg.port && port <= cfg.port_hi;
 }
 
-static __always_inline struct cgdrop_counters *counters(__u32 slot)
+/*
+ * Where one run of a hook counts: its slot of `stats` on this CPU, and the
+ * nesting level it took (see struct cgdrop_stat_cpu).
+ */
+struct counting {
+	struct cgdrop_stat_cpu *s;
+	__u32 depth;
+	__u32 level;
+};
+
+/*
+ * Takes the next nesting level of `slot` on this CPU (leave() gives it
+ * back). A run that interrupts this one between the read and the write of
+ * `depth` ends, and puts `depth` back, before this one goes on: both then
+ * take the same level, one after the other, never at once. Beyond the last
+ * level (never seen: cgroup programs run in task or softirq context) the
+ * last level is shared with atomic adds.
+ */
+static __always_inline void enter(struct counting *k, __u32 slot)
 {
-	return bpf_map_lookup_elem(&cgdrop_stats, &slot);
+	k->s = bpf_map_lookup_elem(&cgdrop_stats, &slot);
+	if (!k->s)
+		return;
+	k->depth = k->s->depth;
+	k->s->depth = k->depth + 1;
+	k->level = k->depth < CGDROP_LEVELS ? k->depth : CGDROP_LEVELS - 1;
+}
+
+static __always_inline void leave(struct counting *k)
+{
+	if (k->s)
+		k->s->depth = k->depth;
 }
 
 /*
- * Atomic adds although the map is per-CPU: a softirq (a TCP ACK or
- * retransmission of another socket of the cgroup) can interrupt this program
- * on the same CPU, and a plain read-modify-write would then lose a count.
+ * Adds `n` to a counter of this run's level: a plain add, unless the level
+ * may be shared (the kernel preempts tasks inside programs, or the nesting
+ * went past the last level).
  */
-static __always_inline void count(__u64 *field, __u64 n)
+static __always_inline void count_at(struct counting *k, __u64 *field, __u64 n)
 {
-	__sync_fetch_and_add(field, n);
+	if (cfg.count_atomic || k->depth >= CGDROP_LEVELS - 1)
+		__sync_fetch_and_add(field, n);
+	else
+		*field += n;
 }
 
-/* The rule a verdict came from, for events. */
+/* The counters of this run (NULL if the map lookup failed, which it cannot for an array). */
+static __always_inline struct cgdrop_counters *counters(struct counting *k)
+{
+	if (!k->s)
+		return NULL;
+	/* Bounded for the verifier; enter() keeps it so. */
+	return &k->s->level[k->level & (CGDROP_LEVELS - 1)];
+}
+
+/*
+ * The rule the last lookup of a program run found, for its hit count and its
+ * event: one per nesting level (struct counting), so that a run interrupting
+ * another on this CPU never overwrites the other's.
+ */
 struct rule_match {
 	__u64 expires_ns;
+	__u64 hit_key;
 	/* enum cgdrop_action; 0 = no rule. */
 	__u32 action;
 	/* The rule's key prefixlen (port bits included). */
 	__u32 prefixlen;
 	__u16 port;
+	/* A live rule decided (the fields above are its). */
+	__u8 found;
+	__u8 pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CGDROP_LEVELS);
+	__type(key, __u32);
+	__type(value, struct rule_match);
+} cgdrop_match SEC(".maps");
+
+/* How a run came to its verdict. */
+struct decision {
+	/* The run's nesting level: its rule_match. */
+	__u32 level;
 	/* enum cgdrop_reason */
 	__u8 reason;
-	/* A live rule decided (its prefixlen and port are above; the address it matched below). */
+	/* A live rule decided: the level's rule_match is it (its hit is counted). */
 	__u8 found;
-	__u8 hit_family;
-	__u8 hit_addr[16];
 };
 
 /* A matching rule that has not expired: its action; otherwise 0. */
-static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
+static __always_inline __u32 live_action(struct cgdrop_rule *r)
 {
 	if (!r->expires_ns)
 		return r->action;
-	if (!*now)
-		*now = bpf_ktime_get_boot_ns();
-	return r->expires_ns > *now ? r->action : 0;
+	return r->expires_ns > bpf_ktime_get_boot_ns() ? r->action : 0;
 }
 
 /* lookup_live's answer when it looked past MAX_EXPIRED_SKIPS expired rules and could not decide. */
@@ -233,7 +315,7 @@ static __always_inline __u32 live_action(struct cgdrop_rule *r, __u64 *now)
  * expired rules (promptly in foreground, whenever a command touches a pin).
  * `prefixlen` points into `key`.
  */
-static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u64 *now, struct rule_match *m)
+static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u16 port, struct rule_match *m)
 {
 	struct cgdrop_rule *r;
 	__u32 action;
@@ -242,10 +324,13 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 		r = bpf_map_lookup_elem(map, key);
 		if (!r)
 			return 0;
-		action = live_action(r, now);
+		action = live_action(r);
 		if (action) {
 			m->prefixlen = r->prefixlen;
 			m->expires_ns = r->expires_ns;
+			m->hit_key = r->hit_key;
+			m->action = action;
+			m->port = port;
 			m->found = 1;
 			return action;
 		}
@@ -256,22 +341,65 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 	return UNDECIDED;
 }
 
-static __always_inline __u32 lookup_v4(__u16 port, const __u8 *addr, __u64 *now, struct rule_match *m)
+/* The level's rule_match, emptied for a new lookup; NULL cannot happen (an array). */
+static __always_inline struct rule_match *match_at(__u32 level)
 {
-	struct cgdrop_key_v4 key = { .prefixlen = CGDROP_PORT_BITS + 32, .port = bpf_htons(port) };
+	__u32 key = level & (CGDROP_LEVELS - 1);
+	struct rule_match *m = bpf_map_lookup_elem(&cgdrop_match, &key);
 
-	__builtin_memcpy(key.addr, addr, 4);
-	m->port = port;
-	return lookup_live(&cgdrop_rules_v4, &key, &key.prefixlen, now, m);
+	if (m)
+		m->found = 0;
+	return m;
 }
 
-static __always_inline __u32 lookup_v6(__u16 port, const __u8 *addr, __u64 *now, struct rule_match *m)
+/*
+ * The rule lookups are global functions, verified once each instead of once
+ * for every path of every program that reaches them (the skb programs have
+ * hundreds: the header walk, two addresses, events): that halved the
+ * verification of the skb programs again. Global functions may only take
+ * scalars (and the context) on the kernels cgdrop supports (5.8), so the
+ * address comes as words and the port with the nesting level: port | level << 16.
+ * They return the action of the rule for the address with this port, else
+ * without a port (0 = none, UNDECIDED), and leave the rule in the level's
+ * rule_match.
+ */
+__noinline __u32 rules_v4(__u32 addr, __u32 port_level)
 {
-	struct cgdrop_key_v6 key = { .prefixlen = CGDROP_PORT_BITS + 128, .port = bpf_htons(port) };
+	struct rule_match *m = match_at(port_level >> 16);
+	__u16 port = port_level & 0xffff;
+	struct cgdrop_key_v4 key = { .prefixlen = CGDROP_PORT_BITS + 32, .port = bpf_htons(port) };
+	__u32 action = 0;
 
-	__builtin_memcpy(key.addr, addr, 16);
-	m->port = port;
-	return lookup_live(&cgdrop_rules_v6, &key, &key.prefixlen, now, m);
+	if (!m)
+		return UNDECIDED;
+	__builtin_memcpy(key.addr, &addr, 4);
+	if (port)
+		action = lookup_live(&cgdrop_rules_v4, &key, &key.prefixlen, port, m);
+	if (action)
+		return action;
+	key.prefixlen = CGDROP_PORT_BITS + 32;
+	key.port = 0;
+	return lookup_live(&cgdrop_rules_v4, &key, &key.prefixlen, 0, m);
+}
+
+__noinline __u32 rules_v6(__u32 a0, __u32 a1, __u32 a2, __u32 a3, __u32 port_level)
+{
+	struct rule_match *m = match_at(port_level >> 16);
+	__u16 port = port_level & 0xffff;
+	struct cgdrop_key_v6 key = { .prefixlen = CGDROP_PORT_BITS + 128, .port = bpf_htons(port) };
+	__u32 a[4] = { a0, a1, a2, a3 };
+	__u32 action = 0;
+
+	if (!m)
+		return UNDECIDED;
+	__builtin_memcpy(key.addr, a, 16);
+	if (port)
+		action = lookup_live(&cgdrop_rules_v6, &key, &key.prefixlen, port, m);
+	if (action)
+		return action;
+	key.prefixlen = CGDROP_PORT_BITS + 128;
+	key.port = 0;
+	return lookup_live(&cgdrop_rules_v6, &key, &key.prefixlen, 0, m);
 }
 
 /* ::ffff:a.b.c.d is matched as the IPv4 address a.b.c.d. */
@@ -282,96 +410,74 @@ static __always_inline bool v4_mapped(const __u8 *addr)
 	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
 }
 
-/* The network-order mask of the `bits` leading bits of a 32-bit word (any `bits`). */
-static __always_inline __u32 word_mask(__s32 bits)
-{
-	if (bits <= 0)
-		return 0;
-	if (bits >= 32)
-		return 0xffffffff;
-	return bpf_htonl(0xffffffffU << (32 - bits));
-}
-
 /*
- * One more hit for the rule that decided: its address is `addr` with the
- * host bits cleared. Masked a 32-bit word at a time: a byte loop with early
- * exits made the verifier walk ~160 ms more per skb program at load.
+ * One more hit for the rule the run's last lookup found (if it found one),
+ * at the run's nesting level: a global function (scalars only), verified
+ * once. A first hit creates the entry; if another CPU, or a run that
+ * interrupted this one, created it in between, the update fails and the
+ * count goes to the entry it made.
  */
-static __noinline void count_hit(struct rule_match *m)
+__noinline int count_hit(__u32 depth)
 {
-	struct cgdrop_rule_ref ref = { .prefixlen = m->prefixlen, .port = bpf_htons(m->port), .family = m->hit_family };
-	const __u8 *addr = m->hit_addr;
-	__s32 bits = (__s32)m->prefixlen - CGDROP_PORT_BITS;
-	struct cgdrop_hits *h, first;
-	__u64 now = bpf_ktime_get_boot_ns();
-	__u32 w[4] = {};
+	__u32 level = depth < CGDROP_LEVELS ? depth : CGDROP_LEVELS - 1;
+	struct rule_match *m = bpf_map_lookup_elem(&cgdrop_match, &level);
+	struct cgdrop_hits *h, first = {};
+	__u64 now;
 
-	__builtin_memcpy(w, addr, 16);
-	w[0] &= word_mask(bits);
-	w[1] &= word_mask(bits - 32);
-	w[2] &= word_mask(bits - 64);
-	w[3] &= word_mask(bits - 96);
-	__builtin_memcpy(ref.addr, w, 16);
-	h = bpf_map_lookup_elem(&cgdrop_hits, &ref);
-	if (h) {
-		/* Per-CPU, but a softirq can interrupt this program on the same CPU. */
-		__sync_fetch_and_add(&h->hits, 1);
-		h->last_ns = now;
-		return;
+	if (!m || !m->found)
+		return 0;
+	now = bpf_ktime_get_boot_ns();
+	h = bpf_map_lookup_elem(&cgdrop_hits, &m->hit_key);
+	if (!h) {
+		first.hits[level & (CGDROP_LEVELS - 1)] = 1;
+		first.last_ns = now;
+		if (!bpf_map_update_elem(&cgdrop_hits, &m->hit_key, &first, BPF_NOEXIST))
+			return 0;
+		h = bpf_map_lookup_elem(&cgdrop_hits, &m->hit_key);
+		if (!h)
+			return 0;
 	}
-	first.hits = 1;
-	first.last_ns = now;
-	bpf_map_update_elem(&cgdrop_hits, &ref, &first, BPF_NOEXIST);
+	if (cfg.count_atomic || depth >= CGDROP_LEVELS - 1)
+		__sync_fetch_and_add(&h->hits[level & (CGDROP_LEVELS - 1)], 1);
+	else
+		h->hits[level & (CGDROP_LEVELS - 1)] += 1;
+	h->last_ns = now;
+	return 0;
 }
 
 /*
  * Does the policy drop traffic with this remote address and port (host
  * order, 0 = none)? A rule with the port beats one without.
  */
-static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 port, struct rule_match *m)
+static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 port, struct decision *d)
 {
-	__u64 now = 0;
+	const __u32 *w = (const __u32 *)addr;
+	__u32 port_level;
 	__u32 action = 0;
 
-	m->reason = CGDROP_REASON_DEFAULT;
+	d->reason = CGDROP_REASON_DEFAULT;
 	if (!has_rules)
 		return !unmatched_pass;
 	if (!has_port_rules)
 		port = 0;
-	if (family == 6 && v4_mapped(addr)) {
-		family = 4;
-		addr += 12;
-	}
-	if (family == 4) {
-		if (port)
-			action = lookup_v4(port, addr, &now, m);
-		if (!action)
-			action = lookup_v4(0, addr, &now, m);
-	} else if (family == 6) {
-		if (port)
-			action = lookup_v6(port, addr, &now, m);
-		if (!action)
-			action = lookup_v6(0, addr, &now, m);
-	}
-	/* Counted once the program has its verdict (count_hit): not here, where
-	 * the verifier would walk the counting once per lookup path. */
-	if (m->found) {
-		m->hit_family = family;
-		__builtin_memset(m->hit_addr, 0, sizeof(m->hit_addr));
-		if (family == 4)
-			__builtin_memcpy(m->hit_addr, addr, 4);
-		else
-			__builtin_memcpy(m->hit_addr, addr, 16);
-	}
+	port_level = port | (d->level << 16);
+	if (family == 6 && v4_mapped(addr))
+		action = rules_v4(w[3], port_level);
+	else if (family == 4)
+		action = rules_v4(w[0], port_level);
+	else if (family == 6)
+		action = rules_v6(w[0], w[1], w[2], w[3], port_level);
+	else
+		return !unmatched_pass;
+	d->found = action == CGDROP_ACTION_ALLOW || action == CGDROP_ACTION_DENY;
 	if (action == CGDROP_ACTION_ALLOW)
 		return false;
 	if (action == CGDROP_ACTION_DENY) {
-		m->action = action;
-		m->reason = CGDROP_REASON_RULE;
+		d->reason = CGDROP_REASON_RULE;
 		return true;
 	}
 	if (action == UNDECIDED) {
-		m->reason = CGDROP_REASON_UNDECIDED;
+		d->reason = CGDROP_REASON_UNDECIDED;
 		return true;
 	}
 	return !unmatched_pass;
@@ -483,12 +589,75 @@ static __always_inline int read_final(struct __sk_buff *skb, __u32 off, struct p
 	return 0;
 }
 
-static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *pkt, bool egress)
+/* Whether an IPv6 next header is an extension header that is walked past. */
+static __always_inline bool ipv6_ext(__u8 next)
+{
+	return next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_FRAGMENT || next == NEXTHDR_DEST ||
+	       next == NEXTHDR_AUTH;
+}
+
+/* ipv6_ext_step's answers besides where the next header is. */
+#define EXT_UNDECIDED -1
+#define EXT_LATER_FRAGMENT -2
+
+/*
+ * One step of the IPv6 extension header walk: the extension header `next`
+ * at `off`. `arg` is off << 8 | next, with 1 << 24 for egress and the
+ * nesting level << 25 (a routing header's final destination goes to the
+ * level's cgdrop_pkt). Returns the offset and type of the header after it
+ * (same packing), EXT_LATER_FRAGMENT for a fragment other than the first
+ * (no transport header), EXT_UNDECIDED when it cannot be read. A global
+ * function (see rules_v4): the steps' paths are verified once instead of
+ * multiplying each other (one step was ~1,500 instructions walked per step).
+ */
+__noinline int ipv6_ext_step(struct __sk_buff *skb, __u32 arg)
+{
+	__u32 off = (arg >> 8) & 0xffff;
+	__u8 next = arg & 0xff;
+	__u32 level = (arg >> 25) & (CGDROP_LEVELS - 1);
+	struct pkt_info *pkt;
+	/* The start of every extension header; a fragment header is 8 bytes. */
+	struct {
+		__u8 nexthdr;
+		__u8 hdrlen;
+		__be16 frag_off;
+		__u32 rest;
+	} ext;
+
+	/*
+	 * Only what every extension header has: a header cut short after its
+	 * first two bytes is walked past as before (its length is known).
+	 */
+	if (bpf_skb_load_bytes(skb, off, &ext, 2))
+		return EXT_UNDECIDED;
+	if (next == NEXTHDR_FRAGMENT) {
+		if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)))
+			return EXT_UNDECIDED;
+		/* Only the first fragment carries the L4 header. */
+		if (ext.frag_off & bpf_htons(0xfff8))
+			return EXT_LATER_FRAGMENT;
+		off += sizeof(ext);
+	} else if (next == NEXTHDR_AUTH) {
+		off += (ext.hdrlen + 2) * 4;
+	} else {
+		if (next == NEXTHDR_ROUTING && (arg & (1 << 24))) {
+			pkt = bpf_map_lookup_elem(&cgdrop_pkt, &level);
+			if (!pkt || read_final(skb, off, pkt))
+				return EXT_UNDECIDED;
+		}
+		off += (ext.hdrlen + 1) * 8;
+	}
+	return (off & 0xffff) << 8 | ext.nexthdr;
+}
+
+/* `pkt` is the level's cgdrop_pkt (ipv6_ext_step writes a final destination there). */
+static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *pkt, bool egress, __u32 level)
 {
 	struct ipv6hdr copy;
 	struct ipv6hdr *ip6 = HDR(skb, 0, struct ipv6hdr, copy);
 	__u32 off = sizeof(struct ipv6hdr);
 	__u8 next;
+	int at;
 
 	if (!ip6)
 		return;
@@ -497,36 +666,21 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *p
 		__builtin_memcpy(pkt->addr, egress ? &ip6->daddr : &ip6->saddr, 16);
 	next = ip6->nexthdr;
 
-#pragma unroll
-	for (int i = 0; i < MAX_IPV6_EXT; i++) {
-		struct ipv6_opt_hdr ext;
-
-		if (next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_FRAGMENT &&
-		    next != NEXTHDR_DEST && next != NEXTHDR_AUTH)
-			break;
-		if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)))
+	for (int i = 0; i < MAX_IPV6_EXT && ipv6_ext(next); i++) {
+		at = ipv6_ext_step(skb, off << 8 | next | (egress ? 1 << 24 : 0) | (level & (CGDROP_LEVELS - 1)) << 25);
+		if (at == EXT_LATER_FRAGMENT)
+			return;
+		if (at < 0)
 			goto undecided;
-		if (next == NEXTHDR_FRAGMENT) {
-			struct frag_hdr frag;
-
-			if (bpf_skb_load_bytes(skb, off, &frag, sizeof(frag)))
-				goto undecided;
-			/* Only the first fragment carries the L4 header. */
-			if (frag.frag_off & bpf_htons(0xfff8))
-				return;
-			off += sizeof(frag);
-		} else if (next == NEXTHDR_AUTH) {
-			off += (ext.hdrlen + 2) * 4;
-		} else {
-			if (next == NEXTHDR_ROUTING && egress && read_final(skb, off, pkt))
-				goto undecided;
-			off += (ext.hdrlen + 1) * 8;
-		}
-		next = ext.nexthdr;
+		/*
+		 * At most 40 + 4 × 2,048 bytes: 14 bits. Masked so, the verifier
+		 * lets the ports be read in place (it wants offset + size ≤ 0xffff).
+		 */
+		off = (at >> 8) & 0x3fff;
+		next = at & 0xff;
 	}
 	/* More extension headers than are walked: where it goes or which port it has is unknown. */
-	if (next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_FRAGMENT || next == NEXTHDR_DEST ||
-	    next == NEXTHDR_AUTH)
+	if (ipv6_ext(next))
 		goto undecided;
 	if (!proto_has_ports(next))
 		return;
@@ -538,7 +692,7 @@ undecided:
 }
 
 /* Would the policy drop this packet (steps 2 to 5 of the verdict order)? */
-static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress, struct pkt_info *pkt, struct rule_match *m)
+static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress, struct pkt_info *pkt, struct decision *m)
 {
 	__u16 port;
 
@@ -553,7 +707,7 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress, struct
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		parse_ipv4(skb, pkt, egress);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		parse_ipv6(skb, pkt, egress);
+		parse_ipv6(skb, pkt, egress, m->level);
 	/* A header chain that could not be walked: in scope, and undecidable, so dropped. */
 	if (pkt->undecided) {
 		m->reason = CGDROP_REASON_UNDECIDED;
@@ -625,10 +779,16 @@ static __always_inline void event_send(struct cgdrop_event *ev)
 		b->suppressed++;
 }
 
-static __always_inline void event_rule(struct cgdrop_event *ev, struct rule_match *m)
+static __always_inline void event_rule(struct cgdrop_event *ev, struct decision *d)
 {
-	ev->reason = m->reason;
-	if (m->reason != CGDROP_REASON_RULE)
+	__u32 level = d->level & (CGDROP_LEVELS - 1);
+	struct rule_match *m;
+
+	ev->reason = d->reason;
+	if (d->reason != CGDROP_REASON_RULE)
+		return;
+	m = bpf_map_lookup_elem(&cgdrop_match, &level);
+	if (!m || !m->found)
 		return;
 	ev->rule_action = m->action;
 	ev->rule_prefix = m->prefixlen - CGDROP_PORT_BITS;
@@ -638,7 +798,7 @@ static __always_inline void event_rule(struct cgdrop_event *ev, struct rule_matc
 
 /* A drop by an skb program: addresses from the packet, the owner from the socket's storage. */
 static __always_inline void skb_event(struct __sk_buff *skb, __u32 slot, bool egress, struct pkt_info *pkt,
-				      struct rule_match *m, enum cgdrop_verdict verdict)
+				      struct decision *m, enum cgdrop_verdict verdict)
 {
 	struct cgdrop_event *ev = event_start(bpf_skb_cgroup_id(skb));
 	struct cgdrop_owner *o;
@@ -727,45 +887,88 @@ static __always_inline bool closing_socket(struct __sk_buff *skb)
  * --no-new-inbound: an inbound TCP connection request (SYN without ACK).
  * Parses the packet into `pkt` (which the rules then use as it is).
  */
-static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *pkt)
+static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *pkt, __u32 level)
 {
 	__u8 flags;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		parse_ipv4(skb, pkt, false);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		parse_ipv6(skb, pkt, false);
+		parse_ipv6(skb, pkt, false, level);
 	if (!pkt->is_tcp || !pkt->has_ports || bpf_skb_load_bytes(skb, pkt->l4_off + 13, &flags, 1))
 		return false;
 	return (flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK);
 }
 
-/* The cgroup_skb verdict (as skb_verdict), with the rule that decided in *mp. */
-static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction,
-				      struct rule_match *mp)
+/* judge()'s answer besides the reason: a live rule decided. */
+#define JUDGED_FOUND 0x100
+
+/*
+ * Steps 1 to 5 of the verdict for a packet: 0 = pass, else the enum
+ * cgdrop_reason of the drop; JUDGED_FOUND added when a rule decided. The packet is parsed into the level's cgdrop_pkt.
+ */
+static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level)
 {
-	struct cgdrop_counters *c = counters(slot);
+	struct decision d = { .level = level & (CGDROP_LEVELS - 1) };
+	struct pkt_info *pkt = bpf_map_lookup_elem(&cgdrop_pkt, &d.level);
+
+	if (!pkt)
+		return CGDROP_REASON_UNDECIDED;
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	if (!egress && (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) && new_inbound(skb, pkt, d.level))
+		return CGDROP_REASON_NEW_INBOUND;
+	if (!(cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)))
+		return 0;
+	if (!skb_drops(skb, egress, pkt, &d))
+		return d.found ? JUDGED_FOUND : 0;
+	return d.reason | (d.found ? JUDGED_FOUND : 0);
+}
+
+/*
+ * judge() as global functions, one per direction (see rules_v4): the header
+ * walk's many paths are verified once, not once per path of the caller.
+ */
+__noinline int judge_ingress(struct __sk_buff *skb, __u32 level)
+{
+	return judge(skb, false, level);
+}
+
+__noinline int judge_egress(struct __sk_buff *skb, __u32 level)
+{
+	return judge(skb, true, level);
+}
+
+/* The cgroup_skb verdict (as skb_verdict), with how it was decided in *mp. */
+static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction,
+				      struct counting *k, struct decision *mp)
+{
+	struct cgdrop_counters *c = counters(k);
 	/* A GSO packet stands for gso_segs packets on the wire. */
 	__u64 segs = skb->gso_segs ? skb->gso_segs : 1;
 	__u64 len = skb->len;
-	struct pkt_info pkt = {};
+	__u32 level = k->level & (CGDROP_LEVELS - 1);
+	struct pkt_info *pkt;
+	int judged;
 
 	if (c) {
-		count(&c->packets, segs);
-		count(&c->bytes, len);
+		count_at(k, &c->packets, segs);
+		count_at(k, &c->bytes, len);
 	}
-	if (direction == CGDROP_DIR_INGRESS && (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) && new_inbound(skb, &pkt))
-		mp->reason = CGDROP_REASON_NEW_INBOUND;
-	else if (!(cfg.directions & direction) || !skb_drops(skb, direction == CGDROP_DIR_EGRESS, &pkt, mp))
+	judged = direction == CGDROP_DIR_EGRESS ? judge_egress(skb, level) : judge_ingress(skb, level);
+	mp->found = (judged & JUDGED_FOUND) != 0;
+	mp->reason = judged & 0xff;
+	if (!mp->reason)
 		return 1;
 	if (direction == CGDROP_DIR_EGRESS && closing_socket(skb))
 		return 1;
 	if (c) {
-		count(&c->dropped_packets, segs);
-		count(&c->dropped_bytes, len);
+		count_at(k, &c->dropped_packets, segs);
+		count_at(k, &c->dropped_bytes, len);
 	}
-	skb_event(skb, slot, direction == CGDROP_DIR_EGRESS, &pkt, mp,
-		  (cfg.modes & CGDROP_MODE_DRY_RUN) ? CGDROP_VERDICT_WOULD_DROP : CGDROP_VERDICT_DROPPED);
+	pkt = bpf_map_lookup_elem(&cgdrop_pkt, &level);
+	if (pkt)
+		skb_event(skb, slot, direction == CGDROP_DIR_EGRESS, pkt, mp,
+			  (cfg.modes & CGDROP_MODE_DRY_RUN) ? CGDROP_VERDICT_WOULD_DROP : CGDROP_VERDICT_DROPPED);
 	if (cfg.modes & CGDROP_MODE_DRY_RUN)
 		return 1;
 	/*
@@ -781,11 +984,16 @@ static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cg
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
 static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction)
 {
-	struct rule_match m = {};
-	int verdict = skb_decide(skb, slot, direction, &m);
+	struct decision m = {};
+	struct counting k = {};
+	int verdict;
 
+	enter(&k, slot);
+	m.level = k.level;
+	verdict = skb_decide(skb, slot, direction, &k, &m);
 	if (m.found)
-		count_hit(&m);
+		count_hit(k.depth);
+	leave(&k);
 	return verdict;
 }
 
@@ -826,7 +1034,7 @@ static __always_inline void record_owner(void *sk)
 
 /* A rejection by a connect/sendmsg program: it runs in the caller's context. */
 static __always_inline void sock_event(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, __u32 *remote,
-				       __u16 remote_port, struct rule_match *m)
+				       __u16 remote_port, struct decision *m)
 {
 	struct cgdrop_event *ev = event_start(bpf_get_current_cgroup_id());
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -859,14 +1067,15 @@ static __always_inline void sock_event(struct bpf_sock_addr *ctx, __u32 slot, __
  * programs would drop: a TCP handshake fails if either direction is dropped;
  * a UDP connect() or sendmsg() only matters when egress is dropped.
  */
-static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, struct rule_match *mp)
+static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, struct counting *k,
+					    struct decision *mp)
 {
-	struct cgdrop_counters *c = counters(slot);
+	struct cgdrop_counters *c = counters(k);
 	__u16 remote_port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 ip6[4];
 
 	if (c)
-		count(&c->packets, 1);
+		count_at(k, &c->packets, 1);
 	/* Checked here too: the verifier then never sees the ctx->sk read with events off. */
 	if (cfg.events_per_cpu)
 		record_owner(ctx->sk);
@@ -896,7 +1105,7 @@ static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slo
 			return 1;
 	}
 	if (c)
-		count(&c->dropped_packets, 1);
+		count_at(k, &c->dropped_packets, 1);
 	sock_event(ctx, slot, family, ip6, remote_port, mp);
 	if (cfg.modes & CGDROP_MODE_DRY_RUN)
 		return 1;
@@ -908,11 +1117,16 @@ static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slo
 
 static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 slot, __u8 family)
 {
-	struct rule_match m = {};
-	int verdict = sock_addr_decide(ctx, slot, family, &m);
+	struct decision m = {};
+	struct counting k = {};
+	int verdict;
 
+	enter(&k, slot);
+	m.level = k.level;
+	verdict = sock_addr_decide(ctx, slot, family, &k, &m);
 	if (m.found)
-		count_hit(&m);
+		count_hit(k.depth);
+	leave(&k);
 	return verdict;
 }
 
@@ -953,11 +1167,8 @@ int cgdrop_sock_create(struct bpf_sock *sk)
 	return 1;
 }
 
-/*
- * Left out of cgdrop-plain.bpf.o with the test programs (below): bpftool's
- * `prog loadall` cannot pin programs that are not loaded ('?').
- */
-#ifndef CGDROP_NO_TEST_PROGRAMS
+/* Only in the sockets object (see the top of this file). */
+#ifdef CGDROP_SOCKETS
 /*
  * Sockets made before the policy (or brought into the cgroup): the `iter/tcp`
  * and `iter/udp` programs find the connected sockets of the cgroup and its
@@ -1007,7 +1218,7 @@ static __always_inline void judge_socket(struct seq_file *seq, struct sock_commo
 {
 	struct cgdrop_sock_rec *rec;
 	struct cgdrop_owner *o;
-	struct rule_match m = {};
+	struct decision m = {};
 	__u32 zero = 0;
 	__u16 family = sk->__sk_common.skc_family;
 	__u8 state = sk->__sk_common.skc_state;
@@ -1089,7 +1300,7 @@ int cgdrop_iter_udp(struct bpf_iter__udp *ctx)
 	judge_socket(ctx->meta->seq, (struct sock_common *)udp, (struct sock *)udp, IPPROTO_UDP);
 	return 0;
 }
-#endif /* CGDROP_NO_TEST_PROGRAMS */
+#endif /* CGDROP_SOCKETS */
 
 #ifndef CGDROP_NO_TEST_PROGRAMS
 /*

@@ -18,15 +18,33 @@ enum cgdrop_stat_slot {
 };
 
 /*
- * One slot of `stats`. For the skb hooks: packets and bytes seen and dropped.
- * For the connect/sendmsg hooks: `packets` counts attempts and
- * `dropped_packets` rejections; the byte fields stay 0.
+ * The counters of one hook at one nesting level. For the skb hooks: packets
+ * and bytes seen and dropped. For the connect/sendmsg hooks: `packets`
+ * counts attempts and `dropped_packets` rejections; the byte fields stay 0.
  */
 struct cgdrop_counters {
 	__u64 packets;
 	__u64 bytes;
 	__u64 dropped_packets;
 	__u64 dropped_bytes;
+};
+
+/*
+ * One slot of the per-CPU `stats` array, on one CPU. A run of a hook can be
+ * interrupted on its CPU by another run of the same hook (a softirq sending
+ * a TCP ACK while a process sends), so a plain read-modify-write of one
+ * counter could lose a count. Instead each run counts at its own nesting
+ * level: `depth` is how many runs of this hook are under way on this CPU,
+ * raised on entry and put back on exit. Interrupts nest (the interrupting
+ * run ends before the interrupted one goes on), so two runs under way at
+ * once never share a level, and plain adds are exact. Userspace sums the
+ * levels. See enter() in cgdrop.bpf.c for the kernels where a task can be
+ * preempted inside the program.
+ */
+struct cgdrop_stat_cpu {
+	__u32 depth;
+	__u32 pad;
+	struct cgdrop_counters level[4 /* CGDROP_LEVELS */];
 };
 
 /* Bits of the `cfg_directions` rodata value. */
@@ -65,6 +83,8 @@ enum cgdrop_limits {
 	CGDROP_PORT_BITS = 16,
 	/* Longest cgroup path a pinned policy records (NUL included). */
 	CGDROP_PATH_MAX = 4080,
+	/* Nesting levels counted apart (struct cgdrop_stat_cpu): task, softirq, and two spare. */
+	CGDROP_LEVELS = 4,
 };
 
 /*
@@ -73,7 +93,7 @@ enum cgdrop_limits {
  * pinned by another cgdrop is refused with a message instead of misread.
  */
 enum cgdrop_layout {
-	CGDROP_LAYOUT_VERSION = 5,
+	CGDROP_LAYOUT_VERSION = 6,
 };
 
 /*
@@ -105,6 +125,13 @@ struct cgdrop_config {
 	__u32 events_per_cpu;
 	/* The errno a rejected connect()/sendmsg() gets; 0 = EPERM (the kernel's own). */
 	__u32 reject_errno;
+	/*
+	 * 1: the kernel can preempt a task inside a BPF program (preempt=full,
+	 * lazy, RT, or not known): a preempting run could take the level of a
+	 * preempted one, so counters use atomic adds instead.
+	 */
+	__u32 count_atomic;
+	__u32 pad;
 };
 
 /* What happened to the traffic an event is about. */
@@ -168,21 +195,12 @@ struct cgdrop_event {
 };
 
 /*
- * Key of the per-CPU `rule_hits` map: one rule (the family, the key's
- * prefixlen with the port bits, the port in network order, the address with
- * its host bits cleared).
+ * Value of the per-CPU `rule_hits` map, keyed by a rule's `hit_key`: the
+ * packets and calls the rule decided, per nesting level (as in
+ * struct cgdrop_stat_cpu), and when it last did (CLOCK_BOOTTIME).
  */
-struct cgdrop_rule_ref {
-	__u32 prefixlen;
-	__u16 port;
-	__u8 family;
-	__u8 pad;
-	__u8 addr[16];
-};
-
-/* Value of `rule_hits`: packets and calls the rule decided, and when it last did (CLOCK_BOOTTIME). */
 struct cgdrop_hits {
-	__u64 hits;
+	__u64 hits[4 /* CGDROP_LEVELS */];
 	__u64 last_ns;
 };
 
@@ -267,6 +285,11 @@ struct cgdrop_rule {
 	/* CGDROP_RULE_* bits; the programs never read it. */
 	enum cgdrop_rule_origin origin;
 	__u32 pad;
+	/*
+	 * The key of the rule's `rule_hits` entry: a hash of its trie key, made
+	 * by userspace (the programs only copy it; a rule written again keeps it).
+	 */
+	__u64 hit_key;
 };
 
 /*

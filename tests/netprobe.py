@@ -11,7 +11,8 @@ loopback and reports, as one JSON line on stdout, what actually happened.
   udp-flood ADDR PORT SECS GAP_US  send 64-byte datagrams for SECS, GAP_US apart
   tcp-connects ADDR PORT SECS      connect/close in a loop for SECS; counts results
   tcp-sink ADDR PORT SECS          listen, print {"port": P}, count bytes received for SECS
-  tcp-stream ADDR PORT SECS        one connection, send as fast as possible for SECS
+  tcp-stream ADDR PORT SECS        one connection, send as fast as possible for SECS, then
+                                   close it cleanly; reports the segments it sent (TCP_INFO)
 
 The test process spawns this script (inside or outside a test cgroup) and reads
 its output; it never joins a test cgroup itself.
@@ -231,8 +232,19 @@ def tcp_stream(addr, port, secs):
     sent = 0
     while time.monotonic() < deadline:
         sent += s.send(chunk)
+    # Close in order, so that no segment of this connection is still to come:
+    # our FIN, the peer's FIN (recv returns b""), and the ACK of it, sent
+    # before recv returns.
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(float(secs) + 10)
+    while s.recv(1 << 16):
+        pass
+    # struct tcp_info: tcpi_segs_out (every segment sent, retransmissions and
+    # pure ACKs included, a GSO packet as its segments) is the u32 at 136.
+    info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
+    segs_out = struct.unpack_from("I", info, 136)[0]
     s.close()
-    say({"sent_bytes": sent})
+    say({"sent_bytes": sent, "segs_out": segs_out})
 
 
 COMMANDS = {

@@ -3,6 +3,10 @@
 //! rules are reloaded every 200 ms. No packet of the non-matching flows may be
 //! dropped, every matching call must be rejected, cgdrop's counters must equal
 //! the generators' own counts exactly, and cgdrop's memory must stay flat.
+//! The egress packet counter runs in the senders' context and, for TCP
+//! segments sent when ACKs arrive or timers fire, in softirq context on the
+//! same CPUs: the counters are plain adds per nesting level (no atomics), and
+//! this is the test that they lose nothing.
 //! CGDROP_SOAK_SECS sets the length: 5 s in `make test`, 30 s in `make soak`.
 mod common;
 
@@ -100,6 +104,10 @@ fn flood_with_rule_churn_counts_exactly() {
     assert_eq!(s["sendmsg"], json!({"attempts": sent + blocked, "rejected": blocked}), "{s}");
     assert_eq!(s["connect"], json!({"attempts": 1 + connects, "rejected": connects}), "{s}");
     assert_eq!(s["egress"]["dropped_packets"], 0, "no packet of a non-matching flow dropped: {s}");
+    // Every packet that left the cgroup: the datagrams and the stream's
+    // segments as its own socket counted them (the rejected flows sent none).
+    let segs = tcp_pass["segs_out"].as_u64().unwrap();
+    assert_eq!(s["egress"]["packets"], sent + segs, "egress packets = {sent} datagrams + {segs} TCP segments: {s}");
 
     let rss_first = rss_after_first.unwrap_or(rss_end);
     let report = format!(

@@ -73,7 +73,7 @@ pub fn run(command: &RuleCommand) -> Result<()> {
 
 fn add(cgroup: &Path, action: Action, targets: &Targets, ttl: Option<Duration>, kill_existing: bool) -> Result<()> {
     let (p, _lock) = locked(cgroup)?;
-    live_rules(&p)?;
+    let before = live_rules(&p)?.entries.len();
     let maps = maps(&p);
     let expires = match ttl {
         Some(ttl) => rulemaps::boot_time_ns()?.saturating_add(ttl.as_nanos() as u64),
@@ -113,6 +113,12 @@ fn add(cgroup: &Path, action: Action, targets: &Targets, ttl: Option<Duration>, 
         [] => String::new(),
     };
     crate::say!("cgdrop: {action} {shown}{lifetime} on {}{note}", p.cgroup_path);
+    let capacity = libbpf_rs::MapCore::max_entries(&p.rule_hits) as usize;
+    if before + entries.len() > capacity {
+        crate::say!(
+            "cgdrop: note: this policy was loaded to count the hits of {capacity} rules and now has more: the rules beyond count no hits (`cgdrop pin --replace` loads it for its size)"
+        );
+    }
     if action == Action::Deny {
         let dry_run = p.config()?.dry_run;
         if let Some(line) = crate::kernel::sockets::describe(&p.sockets(kill_existing), kill_existing, dry_run) {

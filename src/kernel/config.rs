@@ -47,6 +47,8 @@ pub struct Config {
     pub no_new_inbound: bool,
     /// The errno rejected calls get; 0 = EPERM.
     pub reject_errno: u32,
+    /// The kernel can preempt a task inside a program: counters use atomic adds.
+    pub count_atomic: bool,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             dry_run: policy.dry_run,
             no_new_inbound: policy.no_new_inbound,
             reject_errno: policy.reject_with.errno(),
+            count_atomic: crate::host::preempt::counters_need_atomics(),
         }
     }
 
@@ -86,6 +89,8 @@ impl Config {
             iface,
             events_per_cpu: self.events_per_cpu,
             reject_errno: self.reject_errno,
+            count_atomic: u32::from(self.count_atomic),
+            pad: 0,
             directions: cgdrop_direction(bits(&[
                 (self.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
                 (self.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
@@ -115,6 +120,7 @@ impl Config {
             dry_run: c.modes.0 & cgdrop_mode::CGDROP_MODE_DRY_RUN.0 != 0,
             no_new_inbound: c.modes.0 & cgdrop_mode::CGDROP_MODE_NO_NEW_INBOUND.0 != 0,
             reject_errno: c.reject_errno,
+            count_atomic: c.count_atomic != 0,
         }
     }
 
@@ -280,6 +286,7 @@ mod tests {
                 dry_run: bits & 8 != 0,
                 no_new_inbound: bits & 2 != 0,
                 reject_errno: bits,
+                count_atomic: bits & 4 != 0,
             };
             assert_eq!(Config::decode(&c.encode()), c.clone());
         }

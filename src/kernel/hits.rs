@@ -1,41 +1,26 @@
 //! Per-rule hit counters: the per-CPU `rule_hits` map the programs fill for
-//! every packet or call a rule decided, keyed by the rule (`cgdrop_rule_ref`).
-use std::net::IpAddr;
-
+//! every packet or call a rule decided, keyed by the rule's `hit_key` (a
+//! hash of its trie key, see rulekeys::hit_key_of), one count per nesting
+//! level as in `stats`.
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::{
     kernel::{
-        config::PORT_BITS,
-        skel::types::{cgdrop_hits, cgdrop_rule_ref},
+        rulekeys::{hit_key_of, key_of},
+        skel::types::cgdrop_hits,
     },
     rules::Target,
 };
 
-// SAFETY: integers and a byte array generated from BTF with explicit padding.
-unsafe impl plain::Plain for cgdrop_rule_ref {}
-// SAFETY: two u64.
+// SAFETY: five u64.
 unsafe impl plain::Plain for cgdrop_hits {}
 
 /// The map key of a rule.
-fn key(t: &Target) -> Vec<u8> {
-    let mut addr = [0u8; 16];
-    let family = match t.addr {
-        IpAddr::V4(a) => {
-            addr[..4].copy_from_slice(&a.octets());
-            4
-        }
-        IpAddr::V6(a) => {
-            addr.copy_from_slice(&a.octets());
-            6
-        }
-    };
-    let r = cgdrop_rule_ref { prefixlen: PORT_BITS + u32::from(t.prefix), port: t.port.to_be(), family, pad: 0, addr };
-    // SAFETY: Plain, explicit padding: every byte is initialised.
-    unsafe { plain::as_bytes(&r) }.to_vec()
+fn key(t: &Target) -> [u8; 8] {
+    hit_key_of(&key_of(t).1).to_ne_bytes()
 }
 
-/// Hits summed over the CPUs, and the last one (boot-time ns, 0 = never).
+/// Hits summed over the CPUs and levels, and the last one (boot-time ns, 0 = never).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Hits {
     pub hits: u64,
@@ -45,9 +30,9 @@ pub struct Hits {
 fn sum(values: &[Vec<u8>]) -> Hits {
     let mut out = Hits::default();
     for raw in values {
-        let mut h = cgdrop_hits { hits: 0, last_ns: 0 };
+        let mut h = cgdrop_hits::default();
         if plain::copy_from_bytes(&mut h, raw).is_ok() {
-            out.hits += h.hits;
+            out.hits += h.hits.iter().sum::<u64>();
             out.last_ns = out.last_ns.max(h.last_ns);
         }
     }
@@ -72,13 +57,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_match_the_programs_layout() {
-        let k = key(&"10.1.0.0/16:53".parse().unwrap());
-        assert_eq!(k.len(), 24);
-        assert_eq!(&k[..4], &(16u32 + 16).to_ne_bytes());
-        assert_eq!(&k[4..6], &53u16.to_be_bytes());
-        assert_eq!(k[6], 4);
-        assert_eq!(&k[8..12], &[10, 1, 0, 0]);
-        assert!(k[12..].iter().all(|b| *b == 0));
+    fn each_rule_has_its_own_key() {
+        let keys: std::collections::HashSet<_> =
+            ["10.1.0.0/16:53", "10.1.0.0/16", "10.1.0.0/17:53", "10.1.0.0/16:54", "[::a01:0/112]:53", "10.1.0.0/16:53"]
+                .iter()
+                .map(|t| key(&t.parse().unwrap()))
+                .collect();
+        assert_eq!(keys.len(), 5);
+    }
+
+    #[test]
+    fn levels_and_cpus_are_summed() {
+        let raw = |h: [u64; 4], last: u64| -> Vec<u8> {
+            h.iter().chain([last].iter()).flat_map(|v| v.to_ne_bytes()).collect()
+        };
+        let s = sum(&[raw([1, 2, 0, 0], 50), raw([0, 0, 3, 4], 70)]);
+        assert_eq!(s, Hits { hits: 10, last_ns: 70 });
     }
 }

@@ -56,14 +56,32 @@ pub fn set_verbose(verbose: bool) {
     libbpf_rs::set_print(verbose.then_some((PrintLevel::Debug, print_live as libbpf_rs::PrintCallback)));
 }
 
+/// Rules whose hits a policy loaded with `rules` rules counts: twice that,
+/// at least 65,536. A hash's buckets are allocated when it is made, so the
+/// most it could need (2,097,152) cost ~30 ms at every start; rules added
+/// beyond it later (`rule add`) are enforced but count no hits (`rule add`
+/// says so).
+pub fn hits_capacity(rules: usize) -> u32 {
+    let most = 2 * crate::kernel::config::MAX_RULES_PER_FAMILY;
+    rules.saturating_mul(2).clamp(1 << 16, most) as u32
+}
+
 /// Opens the BPF object, configures it for `policy` through rodata and loads it.
 pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) -> Result<CgdropSkel<'obj>> {
     let mut open = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
     let rodata = open.maps.rodata_data.as_deref_mut().context("the BPF object has no rodata section")?;
     rodata.cfg = Config::of(policy).encode();
+    open.maps.cgdrop_hits.set_max_entries(hits_capacity(policy.rules.len())).context("sizing the hits map")?;
     if std::env::var_os("CGDROP_SELFTEST_REJECTED_PROGRAM").is_some() {
         // Only to test the error path: a program the verifier refuses.
         open.progs.cgdrop_selftest.set_autoload(true);
+    }
+    if std::env::var_os("CGDROP_VERIFIER_STATS").is_some() {
+        // For `make bench` and whoever measures the load: the verifier's
+        // statistics (instructions processed, states) in libbpf's log (--verbose).
+        for mut prog in open.open_object_mut().progs_mut() {
+            prog.set_log_level(4);
+        }
     }
     open.load().map_err(|e| {
         anyhow!(

@@ -16,6 +16,13 @@ pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/cgdrop.skel.rs"));
 }
 
+/// The same source with the socket iterators (`CGDROP_SOCKETS`), for
+/// `sockets`: its own skeleton, so that the policy object has no CO-RE.
+pub mod sockets_skel {
+    #![allow(clippy::all, missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals)]
+    include!(concat!(env!("OUT_DIR"), "/cgdrop_sockets.skel.rs"));
+}
+
 /// The compiled BPF object (the one the skeleton embeds), for tools that load
 /// it themselves (bpftool in tests and benchmarks).
 pub const BPF_OBJECT: &str = concat!(env!("OUT_DIR"), "/cgdrop.bpf.o");

@@ -20,7 +20,7 @@ use crate::{
 unsafe impl plain::Plain for cgdrop_key_v4 {}
 // SAFETY: as above.
 unsafe impl plain::Plain for cgdrop_key_v6 {}
-// SAFETY: u64, then four u32 (two enum newtypes, `pad` explicit): no padding.
+// SAFETY: u64, four u32 (two enum newtypes, `pad` explicit), u64: no padding.
 unsafe impl plain::Plain for cgdrop_rule {}
 
 /// The bytes of a key or value. Only for the Plain types above, which have no
@@ -64,9 +64,26 @@ pub(super) fn errno(err: &libbpf_rs::Error) -> Option<i32> {
     None
 }
 
-pub(super) fn value_of(e: &Entry, prefixlen: u32) -> cgdrop_rule {
+/// The rule's key in the `rule_hits` map: a 64-bit FNV-1a hash of its trie
+/// key (family by the key's length, prefix, port, address). The same rule
+/// always gets the same one, whoever writes it, so no allocator is shared
+/// between the processes that edit a pinned policy; two rules of one policy
+/// sharing a hash (odds about n²/2⁶⁵: 3·10⁻⁸ for a million rules) would
+/// only share their hit counts, never a verdict.
+pub(crate) fn hit_key_of(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+pub(super) fn value_of(e: &Entry, key: &[u8], prefixlen: u32) -> cgdrop_rule {
     let origin = if e.live { cgdrop_rule_origin::CGDROP_RULE_LIVE } else { cgdrop_rule_origin(0) };
-    cgdrop_rule { expires_ns: e.expires_ns, action: action_value(e.action), prefixlen, origin, pad: 0 }
+    cgdrop_rule {
+        expires_ns: e.expires_ns,
+        action: action_value(e.action),
+        prefixlen,
+        origin,
+        pad: 0,
+        hit_key: hit_key_of(key),
+    }
 }
 
 /// A decoded rule value: the entry (its target still to be filled in) and
@@ -141,7 +158,7 @@ mod tests {
     #[test]
     fn values_decode_to_their_action() {
         let e = Entry { target: "1.2.3.4".parse().unwrap(), action: Action::Deny, expires_ns: 42, live: true };
-        let v = value_of(&e, 48);
+        let v = value_of(&e, &key_of(&e.target).1, 48);
         let back = decode_value(bytes(&v)).unwrap();
         assert_eq!(
             (back.entry.action, back.entry.expires_ns, back.entry.live, back.prefixlen),

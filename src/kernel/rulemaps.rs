@@ -151,7 +151,7 @@ impl<M: MapCore> RuleMaps<'_, M> {
     /// Adds or overwrites one rule.
     pub fn put(&self, e: &Entry) -> Result<()> {
         let (family, key, prefixlen) = key_of(&e.target);
-        let value = value_of(e, prefixlen);
+        let value = value_of(e, &key, prefixlen);
         self.map(family).update(&key, bytes(&value), MapFlags::ANY).map_err(|err| {
             if errno(&err) == Some(nix::libc::ENOSPC) {
                 anyhow::anyhow!(
@@ -231,7 +231,7 @@ impl<M: MapCore> RuleMaps<'_, M> {
             let (family, key, prefixlen) = key_of(&e.target);
             let batch = &mut batches[family as usize];
             batch.keys.extend_from_slice(&key);
-            batch.values.extend_from_slice(bytes(&value_of(e, prefixlen)));
+            batch.values.extend_from_slice(bytes(&value_of(e, &key, prefixlen)));
             batch.count += 1;
         }
         let written = self.put_batch(Family::V4, &batches[0]).and_then(|()| self.put_batch(Family::V6, &batches[1]));

@@ -18,11 +18,17 @@ use libbpf_rs::{
 
 use crate::kernel::{
     config::Config,
-    skel::{types::cgdrop_sock_rec, CgdropSkelBuilder},
+    sockets_skel::{
+        types::{cgdrop_config, cgdrop_sock_rec},
+        CgdropSocketsSkelBuilder,
+    },
 };
 
 // SAFETY: generated from BTF: integers and byte arrays, padding explicit.
 unsafe impl plain::Plain for cgdrop_sock_rec {}
+// SAFETY: the same struct as the policy skeleton's (one header): integers, u32
+// enum newtypes and an i8 array, padding explicit.
+unsafe impl plain::Plain for cgdrop_config {}
 
 /// The policy's maps the iterator shares, and its .bss flags.
 pub struct Shared<'a> {
@@ -112,9 +118,13 @@ fn decode(r: &cgdrop_sock_rec) -> Conn {
 /// cannot iterate sockets or lacks bpf_sock_destroy.
 pub fn scan(config: &Config, shared: &Shared<'_>, cgroup_id: u64, kill: bool) -> Result<Vec<Conn>> {
     let mut object = MaybeUninit::<OpenObject>::uninit();
-    let mut open = CgdropSkelBuilder::default().open(&mut object).context("opening the BPF object")?;
+    let mut open = CgdropSocketsSkelBuilder::default().open(&mut object).context("opening the BPF object")?;
     let rodata = open.maps.rodata_data.as_deref_mut().context("no rodata")?;
-    rodata.cfg = config.encode();
+    // The policy skeleton's type, byte for byte (same header, other skeleton).
+    let cfg = config.encode();
+    // SAFETY: cgdrop_config is Plain in both skeletons (see config.rs), no implicit padding.
+    plain::copy_from_bytes(&mut rodata.cfg, unsafe { plain::as_bytes(&cfg) })
+        .map_err(|e| anyhow!("the two skeletons' cgdrop_config differ: {e:?}"))?;
     rodata.iter_cgroup_id = cgroup_id;
     rodata.iter_kill = u32::from(kill);
     let bss = open.maps.bss_data.as_deref_mut().context("no .bss")?;

@@ -4,11 +4,13 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 use serde::Serialize;
 
-use crate::kernel::skel::types::{cgdrop_counters, cgdrop_stat_slot};
+use crate::kernel::skel::types::{cgdrop_counters, cgdrop_stat_cpu, cgdrop_stat_slot};
 
 // SAFETY: cgdrop_counters is four u64 generated from BTF: no padding, and every
 // bit pattern is a valid value.
 unsafe impl plain::Plain for cgdrop_counters {}
+// SAFETY: two u32 and an array of cgdrop_counters: no implicit padding.
+unsafe impl plain::Plain for cgdrop_stat_cpu {}
 
 /// Packets and bytes one skb hook saw and dropped.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,18 +45,21 @@ pub struct Summary<'a> {
     pub stats: Stats,
 }
 
-/// Sums the per-CPU values of one slot, as `lookup_percpu` returns them.
+/// Sums the per-CPU values of one slot, as `lookup_percpu` returns them,
+/// over the CPUs and the nesting levels.
 pub fn sum_percpu(values: &[Vec<u8>]) -> Result<cgdrop_counters> {
     let mut sum = cgdrop_counters::default();
     for (cpu, raw) in values.iter().enumerate() {
-        let mut c = cgdrop_counters::default();
-        if plain::copy_from_bytes(&mut c, raw).is_err() {
-            bail!("stats value of CPU {cpu} is {} bytes, expected {}", raw.len(), size_of::<cgdrop_counters>());
+        let mut s = cgdrop_stat_cpu::default();
+        if plain::copy_from_bytes(&mut s, raw).is_err() {
+            bail!("stats value of CPU {cpu} is {} bytes, expected {}", raw.len(), size_of::<cgdrop_stat_cpu>());
         }
-        sum.packets += c.packets;
-        sum.bytes += c.bytes;
-        sum.dropped_packets += c.dropped_packets;
-        sum.dropped_bytes += c.dropped_bytes;
+        for c in &s.level {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+            sum.dropped_packets += c.dropped_packets;
+            sum.dropped_bytes += c.dropped_bytes;
+        }
     }
     Ok(sum)
 }
@@ -90,14 +95,26 @@ pub fn read(map: &impl MapCore) -> Result<Stats> {
 mod tests {
     use super::*;
 
-    fn raw(p: u64, b: u64, dp: u64, db: u64) -> Vec<u8> {
-        [p, b, dp, db].iter().flat_map(|v| v.to_ne_bytes()).collect()
+    /// One CPU's value: depth, pad, then the counters of each level (the last levels zero).
+    fn raw(levels: &[[u64; 4]]) -> Vec<u8> {
+        let mut out = vec![0u8; 8];
+        for l in 0..4 {
+            let c = levels.get(l).copied().unwrap_or_default();
+            out.extend(c.iter().flat_map(|v| v.to_ne_bytes()));
+        }
+        out
     }
 
     #[test]
-    fn sums_every_cpu() {
-        let sum = sum_percpu(&[raw(1, 100, 1, 100), raw(2, 50, 0, 0), raw(0, 0, 0, 0), raw(7, 1, 3, 1)]).unwrap();
-        assert_eq!((sum.packets, sum.bytes, sum.dropped_packets, sum.dropped_bytes), (10, 151, 4, 101));
+    fn sums_every_cpu_and_level() {
+        let sum = sum_percpu(&[
+            raw(&[[1, 100, 1, 100]]),
+            raw(&[[2, 50, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]),
+            raw(&[]),
+            raw(&[[7, 1, 3, 1], [1, 2, 3, 4]]),
+        ])
+        .unwrap();
+        assert_eq!((sum.packets, sum.bytes, sum.dropped_packets, sum.dropped_bytes), (12, 154, 8, 106));
     }
 
     #[test]
