@@ -184,3 +184,17 @@ pub fn attach_hook(skel: &CgdropSkel<'_>, hook: Hook, cgroup: &Cgroup) -> Result
 pub fn attach(skel: &CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy) -> Result<Vec<(Hook, Link)>> {
     Hook::for_policy(policy).into_iter().map(|hook| Ok((hook, attach_hook(skel, hook, cgroup)?))).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_are_counted_for_every_rule_a_policy_loads_with() {
+        assert_eq!(hits_capacity(0), 1 << 16);
+        assert_eq!(hits_capacity(100_000), 200_000);
+        // Both families full: the most the rule tables hold.
+        assert_eq!(hits_capacity(2 << 20), 2 << 20);
+        assert_eq!(hits_capacity(usize::MAX), 2 << 20);
+    }
+}
