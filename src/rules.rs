@@ -557,11 +557,15 @@ mod tests {
     fn a_large_file_is_parsed_in_halves_in_order() {
         // Over the split size: the two halves meet mid-file, and line numbers run on.
         let n = 80_000u32;
-        let mut text: String = (0..n).map(|i| format!("deny 10.{}.{}.{} # règle {i}\n", i >> 16, (i >> 8) & 255, i & 255)).collect();
+        let mut text: String =
+            (0..n).map(|i| format!("deny 10.{}.{}.{} # règle {i}\n", i >> 16, (i >> 8) & 255, i & 255)).collect();
         assert!(text.len() > 1 << 20);
         let rules = parse_rules(&text).unwrap();
         assert_eq!(rules.len(), n as usize);
-        assert!(rules.iter().enumerate().all(|(i, r)| r.target.addr == std::net::Ipv4Addr::from(0x0a00_0000 + i as u32)));
+        assert!(rules
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.target.addr == std::net::Ipv4Addr::from(0x0a00_0000 + i as u32)));
         text.push_str("deny 10.0.0.0/33\n");
         let err = format!("{:#}", parse_rules(&text).unwrap_err());
         assert!(err.starts_with(&format!("line {}: ", n + 1)), "{err}");
