@@ -91,10 +91,24 @@ impl Policy {
         Some(rules::read_rules_file(path).and_then(|file_rules| next.set_file_rules(file_rules)).map(|()| next))
     }
 
-    /// Sets the rules: the command line's, then `file_rules`.
-    fn set_file_rules(&mut self, file_rules: Vec<Rule>) -> Result<()> {
-        let mut rules = self.cli_rules.clone();
-        rules.extend(file_rules);
+    /// The policy without its rules: what a reload starts from (it reads
+    /// them again), without a second copy of a million rules in memory.
+    pub fn without_rules(&self) -> Self {
+        Self {
+            rules: Vec::new(),
+            iface: self.iface.clone(),
+            rules_file: self.rules_file.clone(),
+            cli_rules: self.cli_rules.clone(),
+            ..*self
+        }
+    }
+
+    /// Sets the rules: the command line's, then `file_rules` (taken as they
+    /// are, the command line's put in front: no second copy of the file's).
+    fn set_file_rules(&mut self, mut file_rules: Vec<Rule>) -> Result<()> {
+        file_rules.reserve_exact(self.cli_rules.len());
+        file_rules.splice(0..0, self.cli_rules.iter().cloned());
+        let rules = file_rules;
         rules::check_capacity(&rules)?;
         rules::check_conflicts(&rules)?;
         self.rules = rules;

@@ -172,7 +172,7 @@ pub fn session(
 
     let mut view = LiveView::new(interval.map(Duration::from_secs));
     // What a reload starts from: the command line's part never changes.
-    let base = policy.clone();
+    let base = policy.without_rules();
     let mut sweep_at = next_sweep(&installed);
     let waited = wait_events(&rx, &tx, &stopped, child.as_deref(), &mut view, cgroup, &base, &mut sweep_at, |tick| {
         let shown = match tick {
