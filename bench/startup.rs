@@ -151,9 +151,9 @@ pub fn startup() -> Result<String> {
     let each: Vec<String> =
         progs.iter().map(|(n, us, insns)| format!("{n} {:.1} ms ({insns} insns)", *us as f64 / 1000.0)).collect();
     table.note(&format!(
-        "Where the time goes: the kernel's verifier took {:.1} ms of one start ({}); the rest is libbpf \
-         (feature probes, reading /sys/kernel/btf/vmlinux for the CO-RE relocations), map creation and the \
-         cgroup.",
+        "Where the time goes: the kernel's verifier took {:.1} ms of one start ({}); the rest is libbpf's \
+         feature probes and the object's BTF, map creation, the links and the cgroup (the policy object has no \
+         CO-RE relocations: the kernel's BTF is not read).",
         total as f64 / 1000.0,
         each.join(", ")
     ));
