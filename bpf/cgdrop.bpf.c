@@ -654,7 +654,7 @@ static __always_inline bool ipv6_ext(__u8 next)
  * level's cgdrop_pkt). Returns the offset and type of the header after it
  * (same packing), EXT_LATER_FRAGMENT for a fragment other than the first
  * (no transport header), EXT_UNDECIDED when it cannot be read. A global
- * function (see rules_v4): the steps' paths are verified once instead of
+ * function (see final_drops): the steps' paths are verified once instead of
  * multiplying each other (one step was ~1,500 instructions walked per step).
  */
 __noinline int ipv6_ext_step(struct __sk_buff *skb, __u32 arg)

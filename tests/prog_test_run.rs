@@ -212,7 +212,8 @@ fn interface_filter() {
 fn unselected_direction_passes() {
     let egress_only = Policy { ingress: false, ..policy(None, 0) };
     let mut object = MaybeUninit::<OpenObject>::uninit();
-    let skel = loader::load(&egress_only, &mut object).expect("load");
+    // The ingress program too (cgdrop itself neither loads nor attaches it for this policy).
+    let skel = loader::load_programs(&egress_only, &mut object, &loader::Hook::ALL).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
         prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value

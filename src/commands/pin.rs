@@ -226,7 +226,8 @@ pub fn pin_programs_into(policy: &Policy, dir: &Path) -> Result<Vec<Hook>> {
         bail!("{} already exists: `cgdrop unpin --all` removes it", dir.display());
     }
     let mut object = MaybeUninit::<OpenObject>::uninit();
-    let mut skel = loader::load(policy, &mut object)?;
+    // Every program: all of them are pinned, for attaching by hand.
+    let mut skel = loader::load_programs(policy, &mut object, &Hook::ALL)?;
     loader::apply_rules(&mut skel, &mut Installed::new(), policy)?;
     let mut tmp = TempDir::create(root.join(format!("new-progs-{}", std::process::id())))?;
     pin_maps(&mut skel, &tmp.path)?;
@@ -261,7 +262,7 @@ pub fn unpin(target: Option<CgroupTarget>, all: bool, programs: bool) -> Result<
             crate::say!("cgdrop: nothing is pinned ({} does not exist)", root.display());
             return Ok(());
         }
-        let (mut n, mut live) = (0, false);
+        let (mut n, mut live, mut pinning) = (0, false, 0);
         let runs = runs::runs_dir();
         for entry in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
             let path = entry.with_context(|| format!("listing {}", root.display()))?.path();
@@ -272,15 +273,26 @@ pub fn unpin(target: Option<CgroupTarget>, all: bool, programs: bool) -> Result<
                 live = fs::remove_dir(&path).is_err();
                 continue;
             }
-            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-            n += 1;
+            // A pin under way finishes (it comes after this unpin) rather
+            // than being cut in half.
+            if bpffs::in_progress(&path) {
+                pinning += 1;
+                continue;
+            }
+            match fs::remove_dir_all(&path) {
+                Ok(()) => n += 1,
+                // Renamed into place meanwhile by a pin that was under way: it stays.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => pinning += 1,
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            }
         }
-        if live {
-            crate::say!(
-                "cgdrop: removed {n} pinned director{}; left {} (cgdrop sessions are running)",
-                if n == 1 { "y" } else { "ies" },
-                runs.display()
-            );
+        if live || pinning > 0 {
+            let what = match (live, pinning) {
+                (true, 0) => format!("{} (cgdrop sessions are running)", runs.display()),
+                (false, k) => format!("{k} pin(s) under way, which will stay"),
+                (true, k) => format!("{} (cgdrop sessions are running) and {k} pin(s) under way", runs.display()),
+            };
+            crate::say!("cgdrop: removed {n} pinned director{}; left {what}", if n == 1 { "y" } else { "ies" });
             return Ok(());
         }
         fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;

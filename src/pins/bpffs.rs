@@ -122,6 +122,15 @@ pub fn prepare_root() -> Result<PathBuf> {
     Ok(root)
 }
 
+/// Whether `path` is a working directory (`new-…`, `old-…`) that a running
+/// cgdrop holds: a pin under way, which `unpin --all` must not cut in half
+/// (a half-removed directory renamed into place would leave links attached
+/// with no policy to read or remove).
+pub fn in_progress(path: &Path) -> bool {
+    let is_working = path.file_name().and_then(|n| n.to_str()).and_then(working_dir).is_some();
+    is_working && matches!(try_lock(path), Ok(None))
+}
+
 /// A working directory of a cgdrop process: `new-<id>-<pid>`, `old-<id>-<pid>`
 /// or `new-progs-<pid>`. Returns (kind, id, pid).
 fn working_dir(name: &str) -> Option<(&str, Option<u64>, i32)> {
