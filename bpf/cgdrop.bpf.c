@@ -508,14 +508,13 @@ static __always_inline bool policy_drops(__u8 family, const __u8 *addr, __u16 po
 	if (!has_port_rules)
 		port = 0;
 	port_level = port | (d->level << 16);
-	if (family == 6 && v4_mapped(addr))
-		action = rules_v4(w[3], port_level);
-	else if (family == 4)
-		action = rules_v4(w[0], port_level);
-	else if (family == 6)
-		action = rules_v6(w[0], w[1], w[2], w[3], port_level);
-	else
+	if (family != 4 && family != 6)
 		return !unmatched_pass;
+	/* One inlined copy of each lookup: IPv4 and IPv4-mapped IPv6 share theirs. */
+	if (family == 4 || v4_mapped(addr))
+		action = rules_v4(family == 4 ? w[0] : w[3], port_level);
+	else
+		action = rules_v6(w[0], w[1], w[2], w[3], port_level);
 	d->found = action == CGDROP_ACTION_ALLOW || action == CGDROP_ACTION_DENY;
 	if (action == CGDROP_ACTION_ALLOW)
 		return false;
