@@ -304,6 +304,27 @@ static __always_inline __u32 live_action(struct cgdrop_rule *r)
 	return r->expires_ns > bpf_ktime_get_boot_ns() ? r->action : 0;
 }
 
+/*
+ * Writes down the rule that decided, in the level's rule_match, and returns
+ * its action. Only a found rule is written: the pass path of a miss touches
+ * no scratch.
+ */
+static __always_inline __u32 found_rule(struct cgdrop_rule *r, __u32 action, __u16 port, __u32 level)
+{
+	struct rule_match *m;
+
+	level &= CGDROP_LEVELS - 1;
+	m = bpf_map_lookup_elem(&cgdrop_match, &level);
+	if (m) {
+		m->prefixlen = r->prefixlen;
+		m->expires_ns = r->expires_ns;
+		m->hit_key = r->hit_key;
+		m->action = action;
+		m->port = port;
+	}
+	return action;
+}
+
 /* lookup_live's answer when it looked past MAX_EXPIRED_SKIPS expired rules and could not decide. */
 #define UNDECIDED 0xff
 
@@ -318,7 +339,6 @@ static __always_inline __u32 live_action(struct cgdrop_rule *r)
  */
 static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen, __u16 port, __u32 level)
 {
-	struct rule_match *m;
 	struct cgdrop_rule *r;
 	__u32 action;
 
@@ -327,19 +347,8 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 		if (!r)
 			return 0;
 		action = live_action(r);
-		if (action) {
-			/* Only a found rule is written down: the pass path of a miss touches no scratch. */
-			level &= CGDROP_LEVELS - 1;
-			m = bpf_map_lookup_elem(&cgdrop_match, &level);
-			if (!m)
-				return action;
-			m->prefixlen = r->prefixlen;
-			m->expires_ns = r->expires_ns;
-			m->hit_key = r->hit_key;
-			m->action = action;
-			m->port = port;
-			return action;
-		}
+		if (action)
+			return found_rule(r, action, port, level);
 		if (r->prefixlen <= CGDROP_PORT_BITS)
 			return 0;
 		*prefixlen = r->prefixlen - 1;
@@ -359,22 +368,12 @@ static __always_inline __u32 lookup_live(void *map, void *key, __u32 *prefixlen,
 static __always_inline __u32 lookup_fast(void *map, void *key, __u16 port, __u32 level)
 {
 	struct cgdrop_rule *r = bpf_map_lookup_elem(map, key);
-	struct rule_match *m;
 
 	if (!r)
 		return 0;
 	if (r->expires_ns)
 		return HAS_TTL;
-	level &= CGDROP_LEVELS - 1;
-	m = bpf_map_lookup_elem(&cgdrop_match, &level);
-	if (m) {
-		m->prefixlen = r->prefixlen;
-		m->expires_ns = 0;
-		m->hit_key = r->hit_key;
-		m->action = r->action;
-		m->port = port;
-	}
-	return r->action;
+	return found_rule(r, r->action, port, level);
 }
 
 /*

@@ -82,9 +82,13 @@ fn add(cgroup: &Path, action: Action, targets: &Targets, ttl: Option<Duration>, 
     // All checked first: a port range is added whole or not at all.
     let mut entries = Vec::new();
     let mut note = String::new();
+    // Entries the tries will gain (a rule added again replaces itself).
+    let mut new = 0;
     for target in &targets.0 {
         let mut expires_ns = expires;
-        if let Some(existing) = maps.get(target)? {
+        let existing = maps.get(target)?;
+        new += usize::from(existing.is_none());
+        if let Some(existing) = existing {
             if existing.action != action {
                 let state = if existing.action == Action::Allow { "allowed" } else { "denied" };
                 bail!("{target} is already {state} on {}: `cgdrop rule del` it first", p.cgroup_path);
@@ -114,7 +118,7 @@ fn add(cgroup: &Path, action: Action, targets: &Targets, ttl: Option<Duration>, 
     };
     crate::say!("cgdrop: {action} {shown}{lifetime} on {}{note}", p.cgroup_path);
     let capacity = libbpf_rs::MapCore::max_entries(&p.rule_hits) as usize;
-    if before + entries.len() > capacity {
+    if before + new > capacity {
         crate::say!(
             "cgdrop: note: this policy was loaded to count the hits of {capacity} rules and now has more: the rules beyond count no hits (`cgdrop pin --replace` loads it for its size)"
         );

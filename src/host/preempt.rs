@@ -85,9 +85,12 @@ pub fn model() -> Option<Model> {
     read("/proc/cmdline").as_deref().and_then(from_cmdline).or_else(|| kernel_config().as_deref().and_then(from_config))
 }
 
-/// Whether the counters must use atomic adds (the model allows preemption inside a program, or is unknown).
+/// Whether the counters must use atomic adds (the model allows preemption
+/// inside a program, or is unknown). Found out once per process: reading
+/// /proc/config.gz costs ~2 ms, and a start asks for every load.
 pub fn counters_need_atomics() -> bool {
-    !matches!(model(), Some(Model::None | Model::Voluntary))
+    static ATOMICS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ATOMICS.get_or_init(|| !matches!(model(), Some(Model::None | Model::Voluntary)))
 }
 
 #[cfg(test)]
