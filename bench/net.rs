@@ -151,7 +151,82 @@ pub fn throughput() -> Result<String> {
         let [a, b, c] = samples.map(|s| Summary::of(&s));
         table.row(&[name.to_string(), a.cell(digits), b.cell(digits), c.cell(digits), ba.cell(3), bc.cell(3)]);
     }
+    // What the throughput's spread cannot show, measured in the traffic
+    // itself: the programs' own run time (kernel.bpf_stats_enabled) per
+    // second of the flow, in runs of their own (the statistics cost two
+    // clock reads per run, which the rounds above must not pay).
+    let mut costs = Vec::new();
+    for (name, udp) in [("TCP", false), ("UDP 64-byte", true)] {
+        let mut shares = Vec::new();
+        let mut per_run = Vec::new();
+        for _ in 0..COST_RUNS {
+            let _guard = attach(Setup::Cgdrop, &cg, &cgdrop_flags, &nft_out, &nft_in)?;
+            let (ns, runs, wall) = program_time(&cg, || iperf3(&cg, port, udp).map(|_| ()))?;
+            shares.push(ns / wall.as_nanos() as f64);
+            per_run.push(ns / runs.max(1) as f64);
+        }
+        let share = Summary::of(&shares);
+        costs.push(format!(
+            "{name}: the programs ran {:.1} ns per run, {:.2}% [{:.2}–{:.2}%] of the flow's time (so at most \
+             that much of one CPU's throughput: b/a ≥ {:.3} if all of it fell on the busier CPU)",
+            Summary::of(&per_run).median,
+            share.median * 100.0,
+            share.min * 100.0,
+            share.max * 100.0,
+            1.0 - share.max
+        ));
+    }
+    table.note(&format!(
+        "The programs' cost in this traffic ({COST_RUNS} more runs of (b) with kernel.bpf_stats_enabled, which adds \
+         two clock reads to every run and so overstates it): {}.",
+        costs.join("; ")
+    ));
     Ok(table.finish())
+}
+
+const COST_RUNS: usize = 3;
+
+/// Runs `f` with kernel.bpf_stats_enabled on and returns the run time (ns)
+/// and runs of the programs attached to `cg` during it, and its wall time.
+fn program_time(cg: &BenchCgroup, f: impl FnOnce() -> Result<()>) -> Result<(f64, u64, Duration)> {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(KNOB).context("reading kernel.bpf_stats_enabled")?;
+    std::fs::write(KNOB, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = (|| {
+        let ids = attached_ids(cg)?;
+        let t0 = run_times(&ids)?;
+        let start = Instant::now();
+        f()?;
+        let wall = start.elapsed();
+        let t1 = run_times(&ids)?;
+        Ok(((t1.0 - t0.0) as f64, t1.1 - t0.1, wall))
+    })();
+    let _ = std::fs::write(KNOB, before.trim());
+    result
+}
+
+/// The ids of the programs attached to `cg` (bpftool cgroup show).
+fn attached_ids(cg: &BenchCgroup) -> Result<Vec<u64>> {
+    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(&cg.path).output().context("bpftool")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool cgroup show -j")?;
+    let ids: Vec<u64> = v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect();
+    if ids.is_empty() {
+        bail!("no program attached to {}", cg.path.display());
+    }
+    Ok(ids)
+}
+
+/// The summed run_time_ns and run_cnt of programs.
+fn run_times(ids: &[u64]) -> Result<(u64, u64)> {
+    let mut sum = (0, 0);
+    for id in ids {
+        let out =
+            Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().context("bpftool")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool prog show -j")?;
+        sum.0 += v["run_time_ns"].as_u64().unwrap_or(0);
+        sum.1 += v["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(sum)
 }
 
 pub fn drop_path() -> Result<String> {

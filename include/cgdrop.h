@@ -88,12 +88,35 @@ enum cgdrop_limits {
 };
 
 /*
+ * The sieve: one bit per group of addresses, set (by userspace, before the
+ * rule is written) for every group a rule covers, so that a packet whose
+ * group has no bit set skips the rule lookups (a trie lookup is a call, the
+ * largest part of the pass path's cost). Bits are never cleared while the
+ * policy lives: a bit left by a deleted rule only costs that lookup again.
+ * Words of the `cgdrop_sieve` array, in three parts:
+ *   IPv4: the address's top 24 bits (a /24 per bit);
+ *   IPv6 short: the top 20 bits, set by rules with prefixes under /64;
+ *   IPv6 long: a hash of the top 64 bits, set by rules of /64 and longer.
+ */
+enum cgdrop_sieve {
+	CGDROP_SIEVE_V4_BITS = 24,
+	CGDROP_SIEVE_V6_SHORT_BITS = 20,
+	CGDROP_SIEVE_V6_LONG_BITS = 22,
+	/* Rules of this prefix length and longer go to the IPv6 long part. */
+	CGDROP_SIEVE_V6_LONG_PREFIX = 64,
+	CGDROP_SIEVE_V4_WORD = 0,
+	CGDROP_SIEVE_V6_SHORT_WORD = 1 << (24 - 6),
+	CGDROP_SIEVE_V6_LONG_WORD = (1 << (24 - 6)) + (1 << (20 - 6)),
+	CGDROP_SIEVE_WORDS = (1 << (24 - 6)) + (1 << (20 - 6)) + (1 << (22 - 6)),
+};
+
+/*
  * The layout of what a pinned policy keeps (maps, their value types, this
  * header's structs). Raised whenever one of them changes, so that a policy
  * pinned by another cgdrop is refused with a message instead of misread.
  */
 enum cgdrop_layout {
-	CGDROP_LAYOUT_VERSION = 6,
+	CGDROP_LAYOUT_VERSION = 7,
 };
 
 /*
@@ -307,10 +330,10 @@ struct cgdrop_info {
 	__u64 first_pinned_at;
 	/* CGDROP_LAYOUT_VERSION of the cgdrop that pinned it. */
 	enum cgdrop_layout layout;
-	/* CGDROP_STAT_SLOTS and CGDROP_MAX_RULES of that cgdrop (checked with the layout). */
+	/* CGDROP_STAT_SLOTS, CGDROP_MAX_RULES, CGDROP_SIEVE_WORDS of that cgdrop (checked with the layout). */
 	enum cgdrop_stat_slot stat_slots;
 	enum cgdrop_limits max_rules;
-	__u32 pad;
+	enum cgdrop_sieve sieve_words;
 	char cgroup_path[CGDROP_PATH_MAX];
 	/* The target as the user gave it ("unit nginx.service", "pid 42"; "" = the path). */
 	char target[256];

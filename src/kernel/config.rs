@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 
 use crate::{
     kernel::skel::types::{
-        bss, cgdrop_config, cgdrop_direction, cgdrop_info, cgdrop_layout, cgdrop_limits, cgdrop_mode, cgdrop_stat_slot,
-        rodata,
+        bss, cgdrop_config, cgdrop_direction, cgdrop_info, cgdrop_layout, cgdrop_limits, cgdrop_mode, cgdrop_sieve,
+        cgdrop_stat_slot, rodata,
     },
     policy::Policy,
 };
@@ -220,7 +220,7 @@ impl Info {
             layout: cgdrop_layout::CGDROP_LAYOUT_VERSION,
             stat_slots: cgdrop_stat_slot::CGDROP_STAT_SLOTS,
             max_rules: cgdrop_limits::CGDROP_MAX_RULES,
-            pad: 0,
+            sieve_words: cgdrop_sieve::CGDROP_SIEVE_WORDS,
             cgroup_path: [0; cgdrop_limits::CGDROP_PATH_MAX.0 as usize],
             target: [0; 256],
             applied_as: [0; 64],
@@ -244,8 +244,9 @@ impl Info {
             cgdrop_layout::CGDROP_LAYOUT_VERSION,
             cgdrop_stat_slot::CGDROP_STAT_SLOTS,
             cgdrop_limits::CGDROP_MAX_RULES,
+            cgdrop_sieve::CGDROP_SIEVE_WORDS,
         );
-        if (info.layout, info.stat_slots, info.max_rules) != ours {
+        if (info.layout, info.stat_slots, info.max_rules, info.sieve_words) != ours {
             bail!("its layout is version {}, this cgdrop's is {}: {OTHER}", info.layout.0, ours.0 .0);
         }
         Ok(Self {

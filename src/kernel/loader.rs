@@ -24,7 +24,8 @@ use crate::{
 /// what unmatched traffic gets, in the order that never leaves a gap.
 pub fn apply_rules(skel: &mut CgdropSkel<'_>, installed: &mut Installed, policy: &Policy) -> Result<()> {
     let now_ns = rulemaps::boot_time_ns()?;
-    let maps = RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6 };
+    let maps =
+        RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6, sieve: &skel.maps.cgdrop_sieve };
     let bss = skel.maps.bss_data.as_deref_mut().context("the BPF object has no .bss section")?;
     let has_rules = u32::from(!policy.rules.is_empty());
     let has_port_rules = u32::from(policy.rules.iter().any(|r| r.target.port != 0));
@@ -42,7 +43,8 @@ pub fn apply_rules(skel: &mut CgdropSkel<'_>, installed: &mut Installed, policy:
 
 /// Deletes expired rules from the tries; returns how many.
 pub fn sweep_expired(skel: &CgdropSkel<'_>, installed: &mut Installed) -> Result<usize> {
-    let maps = RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6 };
+    let maps =
+        RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6, sieve: &skel.maps.cgdrop_sieve };
     maps.sweep_expired(installed, rulemaps::boot_time_ns()?)
 }
 

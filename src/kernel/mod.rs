@@ -7,6 +7,7 @@ pub mod hits;
 pub mod loader;
 pub mod rulekeys;
 pub mod rulemaps;
+pub mod sieve;
 pub mod sockets;
 pub mod stats;
 

@@ -1,6 +1,6 @@
 //! The rules in the kernel: writes `Rule`s into the `rules_v4`/`rules_v6` LPM
-//! tries, swaps a whole rule set with no moment where neither set applies,
-//! and deletes expired rules.
+//! tries (each marked in the sieve first), swaps a whole rule set with no
+//! moment where neither set applies, and deletes expired rules.
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -8,7 +8,10 @@ use libbpf_rs::{MapCore, MapFlags};
 use nix::time::{clock_gettime, ClockId};
 
 use crate::{
-    kernel::rulekeys::{bytes, decode_key, decode_value, errno, key_of, value_of, Family},
+    kernel::{
+        rulekeys::{bytes, decode_key, decode_value, errno, key_of, value_of, Family},
+        sieve::Sieve,
+    },
     rules::{Action, Rule, Target},
 };
 
@@ -18,10 +21,11 @@ pub fn boot_time_ns() -> Result<u64> {
     Ok(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
-/// The two tries of one policy.
+/// The two tries of one policy, and its sieve (which every write marks first).
 pub struct RuleMaps<'m, M: MapCore> {
     pub v4: &'m M,
     pub v6: &'m M,
+    pub sieve: &'m M,
 }
 
 /// One rule in the tries.
@@ -152,8 +156,19 @@ impl<M: MapCore> RuleMaps<'_, M> {
             .with_context(|| format!("adding {} {family} rules to the kernel", batch.count))
     }
 
+    fn sieve(&self) -> Result<Sieve> {
+        Sieve::map(self.sieve.as_fd())
+    }
+
+    /// Whether the sieve lets the programs see every rule of `installed`.
+    pub fn sieve_covers(&self, installed: &Installed) -> Result<bool> {
+        let sieve = self.sieve()?;
+        Ok(installed.entries.iter().all(|e| sieve.covers(&e.target)))
+    }
+
     /// Adds or overwrites one rule.
     pub fn put(&self, e: &Entry) -> Result<()> {
+        self.sieve()?.mark(&e.target);
         let (family, key, prefixlen) = key_of(&e.target);
         let value = value_of(e, &key, prefixlen);
         self.map(family).update(&key, bytes(&value), MapFlags::ANY).map_err(|err| {
@@ -234,8 +249,10 @@ impl<M: MapCore> RuleMaps<'_, M> {
         // ~45 MB of the loader's peak memory, for no fewer syscalls that matter.
         const CHUNK: u32 = 1 << 16;
         let mut batches = [Batch::default(), Batch::default()];
+        let sieve = self.sieve()?;
         let written = (|| {
             for e in &next.entries {
+                sieve.mark(&e.target);
                 let (family, key, prefixlen) = key_of(&e.target);
                 let batch = &mut batches[family as usize];
                 batch.keys.extend_from_slice(&key);

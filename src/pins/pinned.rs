@@ -41,6 +41,7 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
         ("stats", &mut m.cgdrop_stats),
         ("rules_v4", &mut m.cgdrop_rules_v4),
         ("rules_v6", &mut m.cgdrop_rules_v6),
+        ("sieve", &mut m.cgdrop_sieve),
         ("rodata", &mut m.rodata),
         ("bss", &mut m.bss),
         ("info", &mut m.cgdrop_info),
@@ -100,6 +101,7 @@ pub struct Pinned {
     pub stats: MapHandle,
     pub rules_v4: MapHandle,
     pub rules_v6: MapHandle,
+    pub sieve: MapHandle,
     pub events: MapHandle,
     pub event_budget: MapHandle,
     pub rule_hits: MapHandle,
@@ -166,6 +168,7 @@ impl Pinned {
             stats: open_map(dir, "stats")?,
             rules_v4: open_map(dir, "rules_v4")?,
             rules_v6: open_map(dir, "rules_v6")?,
+            sieve: open_map(dir, "sieve")?,
             events: open_map(dir, "events")?,
             event_budget: open_map(dir, "event_budget")?,
             rule_hits: open_map(dir, "rule_hits")?,
@@ -253,6 +256,7 @@ impl Pinned {
         let shared = sockets::Shared {
             rules_v4: self.rules_v4.as_fd(),
             rules_v6: self.rules_v6.as_fd(),
+            sieve: self.sieve.as_fd(),
             owners: self.owners.as_fd(),
             killing: self.killing.as_fd(),
             has_rules: b.has_rules,
@@ -316,15 +320,19 @@ impl Pinned {
         })
     }
 
-    /// Whether the .bss flags let the programs see every rule in the tries:
-    /// a lookup skipped for a flag that is 0 ignores rules that are there.
+    /// Whether the .bss flags and the sieve let the programs see every rule
+    /// in the tries: a lookup skipped for a flag that is 0, or a bit that is
+    /// not set, ignores rules that are there.
     fn flags_disagree(&self) -> Result<Option<&'static str>> {
         let b = self.bss()?;
-        let rules = RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6 }.read_all()?;
+        let maps = RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6, sieve: &self.sieve };
+        let rules = maps.read_all()?;
         Ok(if b.has_rules == 0 && !rules.entries.is_empty() {
             Some("has_rules is 0 while rules are in the tries")
         } else if b.has_port_rules == 0 && rules.entries.iter().any(|e| e.target.port != 0) {
             Some("has_port_rules is 0 while port rules are in the tries")
+        } else if !maps.sieve_covers(&rules)? {
+            Some("the rule sieve misses rules that are in the tries")
         } else {
             None
         })
