@@ -515,15 +515,19 @@ static __always_inline int count_hit(__u32 level, __u32 shared)
 	return 0;
 }
 
-/* Whether bit `bit` of the sieve is set. */
-static __always_inline bool sieve_bit(__u32 bit)
+/* The sieve's words (NULL if the lookup failed, which it cannot for an array). */
+static __always_inline struct cgdrop_sieve_words *sieve_words(void)
 {
-	struct cgdrop_sieve_words *s;
 	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&cgdrop_sieve, &zero);
+}
+
+/* Whether bit `bit` of the sieve is set; "maybe" (true) without the words or past them. */
+static __always_inline bool sieve_bit(struct cgdrop_sieve_words *s, __u32 bit)
+{
 	__u32 word = bit >> 6;
 
-	s = bpf_map_lookup_elem(&cgdrop_sieve, &zero);
-	/* A failed lookup (it cannot fail) or a word out of range: "maybe". */
 	if (!s || word >= CGDROP_SIEVE_WORDS)
 		return true;
 	return (s->w[word] >> (bit & 63)) & 1;
@@ -538,15 +542,16 @@ static __always_inline bool sieve_bit(__u32 bit)
  */
 static __always_inline bool sieve_v4(__u32 a)
 {
-	return sieve_bit(CGDROP_SIEVE_V4_WORD * 64 + (bpf_ntohl(a) >> (32 - CGDROP_SIEVE_V4_BITS)));
+	return sieve_bit(sieve_words(), CGDROP_SIEVE_V4_WORD * 64 + (bpf_ntohl(a) >> (32 - CGDROP_SIEVE_V4_BITS)));
 }
 
 static __always_inline bool sieve_v6(__u32 a0, __u32 a1)
 {
+	struct cgdrop_sieve_words *s = sieve_words();
 	__u64 top = ((__u64)bpf_ntohl(a0) << 32) | bpf_ntohl(a1);
 
-	return sieve_bit(CGDROP_SIEVE_V6_SHORT_WORD * 64 + (bpf_ntohl(a0) >> (32 - CGDROP_SIEVE_V6_SHORT_BITS))) ||
-	       sieve_bit(CGDROP_SIEVE_V6_LONG_WORD * 64 + ((top * SIEVE_V6_HASH) >> (64 - CGDROP_SIEVE_V6_LONG_BITS)));
+	return sieve_bit(s, CGDROP_SIEVE_V6_SHORT_WORD * 64 + (bpf_ntohl(a0) >> (32 - CGDROP_SIEVE_V6_SHORT_BITS))) ||
+	       sieve_bit(s, CGDROP_SIEVE_V6_LONG_WORD * 64 + ((top * SIEVE_V6_HASH) >> (64 - CGDROP_SIEVE_V6_LONG_BITS)));
 }
 
 /*
@@ -1094,17 +1099,17 @@ static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level
  * nothing else in the policy could drop it, so it certainly passes. False
  * sends the packet on to judge(), which decides everything, this case
  * included: this only spares the common case the scratch, the parse of the
- * ports and the lookups (the pass path's ~100 instructions down to ~40).
+ * ports and the lookups.
  */
 static __always_inline bool surely_passes(struct __sk_buff *skb, bool egress)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 
-	/* rodata: the verifier leaves this function out for such policies. */
-	if (cfg.ifindex || cfg.port || (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND))
-		return false;
+	/* First: a policy that drops what no rule matches (drop-all, allow lists) stops here. */
 	if (!unmatched_pass)
+		return false;
+	if (cfg.ifindex || cfg.port || (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND))
 		return false;
 	if (!has_rules)
 		return true;
