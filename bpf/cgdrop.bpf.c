@@ -115,6 +115,15 @@ struct {
 	__type(value, struct cgdrop_sieve_words);
 } cgdrop_sieve SEC(".maps");
 
+/* See struct cgdrop_host. Sized by the loader (cfg.hosts_v4 entries; 1 without a table). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct cgdrop_host);
+} cgdrop_hosts_v4 SEC(".maps");
+
 /* See struct cgdrop_info: bookkeeping for pinned policies. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -424,6 +433,57 @@ __noinline __u32 rules_v6_ttl(__u32 a0, __u32 a1, __u32 a2, __u32 a3, __u32 port
 }
 
 /*
+ * The entry of the host table for an IPv4 address (network order), plus 1;
+ * 0 = none. A global function: its loop of CGDROP_HOST_STEPS halvings is
+ * verified once per program, not in every path that judges an address, and
+ * only policies with a table (cfg.hosts_v4) call it.
+ */
+__noinline __u32 host_index_v4(__u32 addr)
+{
+	__u32 a = bpf_ntohl(addr), lo = 0, hi = cfg.hosts_v4, mid;
+	struct cgdrop_host *h;
+
+	for (int i = 0; i < CGDROP_HOST_STEPS && lo < hi; i++) {
+		mid = lo + (hi - lo) / 2;
+		h = bpf_map_lookup_elem(&cgdrop_hosts_v4, &mid);
+		if (!h)
+			return 0;
+		if (h->addr == a)
+			return mid + 1;
+		if (h->addr < a)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return 0;
+}
+
+/* The action of the host table's live rule for the address (0 = none); the rule goes to the level's rule_match. */
+static __always_inline __u32 host_rule_v4(__u32 addr, __u32 level)
+{
+	struct cgdrop_host *h;
+	struct rule_match *m;
+	__u32 i = host_index_v4(addr);
+
+	if (!i)
+		return 0;
+	i -= 1;
+	h = bpf_map_lookup_elem(&cgdrop_hosts_v4, &i);
+	if (!h || !h->action)
+		return 0;
+	level &= CGDROP_LEVELS - 1;
+	m = bpf_map_lookup_elem(&cgdrop_match, &level);
+	if (m) {
+		m->prefixlen = CGDROP_PORT_BITS + 32;
+		m->expires_ns = 0;
+		m->hit_key = h->hit_key;
+		m->action = h->action;
+		m->port = 0;
+	}
+	return h->action;
+}
+
+/*
  * The action of the rule for the address (as words) with this port, else
  * without a port (0 = none, UNDECIDED); the rule is left in the level's
  * rule_match. `port_level` is port | nesting level << 16.
@@ -444,6 +504,12 @@ static __always_inline __u32 rules_v4(__u32 addr, __u32 port_level)
 			return action;
 	}
 	key.port = 0;
+	/* A /32 is the longest prefix without a port: the host table first. */
+	if (cfg.hosts_v4) {
+		action = host_rule_v4(addr, level);
+		if (action)
+			return action;
+	}
 	action = lookup_fast(&cgdrop_rules_v4, &key, 0, level);
 	if (action == HAS_TTL)
 		action = rules_v4_ttl(addr, level << 16);

@@ -138,6 +138,7 @@ pub fn session(
         let shared = sockets::Shared {
             rules_v4: skel.maps.cgdrop_rules_v4.as_fd(),
             rules_v6: skel.maps.cgdrop_rules_v6.as_fd(),
+            hosts_v4: skel.maps.cgdrop_hosts_v4.as_fd(),
             sieve: skel.maps.cgdrop_sieve.as_fd(),
             owners: skel.maps.cgdrop_owners.as_fd(),
             killing: skel.maps.cgdrop_killing.as_fd(),

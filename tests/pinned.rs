@@ -195,6 +195,50 @@ fn rule_add_and_del_change_live_verdicts() {
 
 #[test]
 #[ignore = "needs root: `make test` runs it as root"]
+fn a_big_rules_file_loads_into_the_host_table_and_changes_live() {
+    // 5,000 /32 rules (the host table takes 4,096 or more), 127.0.0.1 among them.
+    let _serial = serial();
+    let cg = TestCgroup::new("hosts");
+    let _unpin = Unpin::of(&cg);
+    let path = cg.path.to_str().unwrap();
+    let file = common::TempPath::new("hosts.rules");
+    let mut text: String =
+        (0..4999u32).map(|i| format!("deny {}\n", std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
+    text.push_str("deny 127.0.0.1\n");
+    fs::write(&file, text).unwrap();
+    let (_server, port) = Probe::listen(None, "tcp-serve", "127.0.0.1", "30");
+    ok(&["pin", "--cgroup", path, "--rules-file", file.to_str().unwrap()]);
+    assert_eq!(connect(&cg, "127.0.0.1", &port), "EPERM", "a host of the table is denied");
+    assert_eq!(
+        connect(&cg, "127.0.0.2", &port),
+        "ECONNREFUSED",
+        "the block list passes the rest (nothing listens there)"
+    );
+    let list: Vec<Value> = serde_json::from_str(&ok(&["rule", "list", "--cgroup", path, "--json"])).unwrap();
+    assert_eq!(list.len(), 5000);
+    let hit = list.iter().find(|r| r["rule"] == "127.0.0.1/32").unwrap();
+    assert_eq!(hit["hits"], 1, "the table's rule counts its hit: {hit}");
+
+    ok(&["rule", "del", "--cgroup", path, "127.0.0.1"]);
+    assert_eq!(connect(&cg, "127.0.0.1", &port), "ok", "deleted from the table");
+    ok(&["rule", "add", "--cgroup", path, "deny", "127.0.0.1", "--ttl", "1h"]);
+    assert_eq!(connect(&cg, "127.0.0.1", &port), "EPERM", "a rule with a ttl for a table host");
+    ok(&["rule", "del", "--cgroup", path, "127.0.0.1"]);
+    assert_eq!(connect(&cg, "127.0.0.1", &port), "ok");
+    ok(&["rule", "add", "--cgroup", path, "deny", "127.0.0.1"]);
+    assert_eq!(connect(&cg, "127.0.0.1", &port), "EPERM", "written again in place");
+    let policy = status().into_iter().find(|p| p["cgroup"] == path).expect("the policy in status");
+    assert_eq!(policy["health"], "ok", "{policy}");
+
+    // pin --replace carries the live rule over into the new policy's table.
+    ok(&["pin", "--cgroup", path, "--rules-file", file.to_str().unwrap(), "--replace"]);
+    assert_eq!(connect(&cg, "127.0.0.1", &port), "EPERM");
+    let list: Vec<Value> = serde_json::from_str(&ok(&["rule", "list", "--cgroup", path, "--json"])).unwrap();
+    assert_eq!(list.len(), 5000);
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
 fn expired_rules_are_deleted_when_touched() {
     let _serial = serial();
     let cg = TestCgroup::new("expire");

@@ -70,14 +70,9 @@ fn check(policy: &Policy, cases: &[(&str, Vec<u8>, u32)]) {
 /// Runs every case through both programs of a loaded skeleton; checks
 /// verdicts and that the counters (fresh before) add up.
 fn run_cases(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
+    run_verdicts(skel, cases);
     let mut expected = Traffic::default();
-    for (name, packet, verdict) in cases {
-        for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
-            let out = prog
-                .test_run(ProgramInput { data_in: Some(packet), ..Default::default() })
-                .unwrap_or_else(|e| panic!("{name}: test run failed: {e}"));
-            assert_eq!(out.return_value, *verdict, "{name}: verdict of {}", prog.name().to_string_lossy());
-        }
+    for (_, packet, verdict) in cases {
         // The program sees the packet from the IP header on: skb->len excludes Ethernet.
         let len = (packet.len() - 14) as u64;
         expected.packets += 1;
@@ -90,6 +85,19 @@ fn run_cases(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
     let got = read_stats(skel);
     assert_eq!(got.ingress, expected, "ingress counters");
     assert_eq!(got.egress, expected, "egress counters");
+}
+
+/// The verdicts of both programs on every case (counters not checked: they
+/// add up over calls, which run_cases expects fresh).
+fn run_verdicts(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
+    for (name, packet, verdict) in cases {
+        for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+            let out = prog
+                .test_run(ProgramInput { data_in: Some(packet), ..Default::default() })
+                .unwrap_or_else(|e| panic!("{name}: test run failed: {e}"));
+            assert_eq!(out.return_value, *verdict, "{name}: verdict of {}", prog.name().to_string_lossy());
+        }
+    }
 }
 
 fn read_stats(skel: &CgdropSkel<'_>) -> stats::Stats {
@@ -311,8 +319,12 @@ fn expired_rules_do_not_match() {
     ];
     // Written as if 100 s ago: the 1 s rules expired long since.
     let then_ns = rulemaps::boot_time_ns().unwrap() - 100_000_000_000;
-    let maps =
-        RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6, sieve: &skel.maps.cgdrop_sieve };
+    let maps = RuleMaps {
+        v4: &skel.maps.cgdrop_rules_v4,
+        v6: &skel.maps.cgdrop_rules_v6,
+        hosts_v4: &skel.maps.cgdrop_hosts_v4,
+        sieve: &skel.maps.cgdrop_sieve,
+    };
     let bss = skel.maps.bss_data.as_deref_mut().unwrap();
     bss.has_rules = 1;
     maps.replace(&mut Installed::new(), &rules, then_ns, || {
@@ -371,13 +383,98 @@ fn the_sieve_lets_every_rule_be_seen() {
     let mut object = MaybeUninit::<OpenObject>::uninit();
     let mut skel = loader::load(&p, &mut object).expect("load");
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).expect("write the rules");
-    let maps =
-        RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6, sieve: &skel.maps.cgdrop_sieve };
+    let maps = RuleMaps {
+        v4: &skel.maps.cgdrop_rules_v4,
+        v6: &skel.maps.cgdrop_rules_v6,
+        hosts_v4: &skel.maps.cgdrop_hosts_v4,
+        sieve: &skel.maps.cgdrop_sieve,
+    };
     for (_, t) in rules {
         let entry = rulemaps::Entry { target: t.parse().unwrap(), action: Action::Deny, expires_ns: 0, live: true };
         maps.put(&entry).expect("add a rule");
     }
     run_cases(&skel, &cases);
+}
+
+/// `n` deny rules for 10.0.0.0 + i (/32, no port): enough for the host table.
+fn host_rules(n: u32) -> Vec<Rule> {
+    (0..n)
+        .map(|i| Rule {
+            action: Action::Deny,
+            target: Target::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 32, 0),
+            ttl: None,
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: `make test` runs it as root"]
+fn host_table_rules_decide_and_change_in_place() {
+    // 5,000 /32 rules (a table: HOST_TABLE_MIN is 4,096), a port rule and a
+    // /24 beside them.
+    let mut rules = host_rules(5000);
+    rules.push(Rule { action: Action::Allow, target: "10.0.0.7:53".parse().unwrap(), ttl: None });
+    rules.push(Rule { action: Action::Deny, target: "192.0.2.0/24".parse().unwrap(), ttl: None });
+    let p = Policy { rules, ..policy(None, 0) };
+    assert_eq!(cgdrop::kernel::config::host_table_size(&p.rules), 5000);
+    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut skel = loader::load(&p, &mut object).expect("load");
+    let mut installed = Installed::new();
+    loader::apply_rules(&mut skel, &mut installed, &p).expect("write the rules");
+    let at = |a: &str, port: u16| ipv4_at(a, IPPROTO_UDP, 0, &udp(port, port));
+    run_cases(
+        &skel,
+        &[
+            ("first host", at("10.0.0.0", 5000), DROP),
+            ("a host in the middle", at("10.0.9.195", 5000), DROP),
+            ("last host", at("10.0.19.135", 5000), DROP),
+            ("past the last", at("10.0.19.136", 5000), PASS),
+            ("a port rule beats a host", at("10.0.0.7", 53), PASS),
+            ("the host without that port", at("10.0.0.7", 80), DROP),
+            ("a /24 from the trie", at("192.0.2.9", 5000), DROP),
+            ("v4-mapped host", ipv6_at("::ffff:10.0.0.1", IPPROTO_UDP, &[], &udp(5000, 5000)), DROP),
+        ],
+    );
+    let maps = RuleMaps {
+        v4: &skel.maps.cgdrop_rules_v4,
+        v6: &skel.maps.cgdrop_rules_v6,
+        hosts_v4: &skel.maps.cgdrop_hosts_v4,
+        sieve: &skel.maps.cgdrop_sieve,
+    };
+    let all = maps.read_all().expect("read the rules");
+    assert_eq!(all.entries.len(), 5002, "every rule, the table's included, is listed");
+    let entry =
+        |t: &str, action, expires_ns| rulemaps::Entry { target: t.parse().unwrap(), action, expires_ns, live: true };
+    // `rule del`, `rule add allow` in place, `rule add --ttl` (to the trie).
+    maps.delete(&"10.0.0.1".parse().unwrap()).unwrap();
+    maps.put(&entry("10.0.0.2", Action::Allow, 0)).unwrap();
+    let later = rulemaps::boot_time_ns().unwrap() + 3_600_000_000_000;
+    maps.put(&entry("10.0.0.3", Action::Allow, later)).unwrap();
+    assert_eq!(maps.get(&"10.0.0.1".parse().unwrap()).unwrap(), None);
+    assert_eq!(maps.get(&"10.0.0.2".parse().unwrap()).unwrap().map(|e| e.action), Some(Action::Allow));
+    assert_eq!(maps.get(&"10.0.0.3".parse().unwrap()).unwrap().map(|e| e.expires_ns), Some(later));
+    run_verdicts(
+        &skel,
+        &[
+            ("deleted host", at("10.0.0.1", 5000), PASS),
+            ("host now allowed", at("10.0.0.2", 5000), PASS),
+            ("host allowed for an hour, from the trie", at("10.0.0.3", 5000), PASS),
+            ("untouched host", at("10.0.0.4", 5000), DROP),
+        ],
+    );
+    // A reload to another set: the table keeps its addresses, the rest go to the trie.
+    let mut reload = host_rules(10);
+    reload.push(Rule { action: Action::Deny, target: "10.9.9.9".parse().unwrap(), ttl: None });
+    let p2 = Policy { rules: reload, ..policy(None, 0) };
+    loader::apply_rules(&mut skel, &mut installed, &p2).expect("reload the rules");
+    run_verdicts(
+        &skel,
+        &[
+            ("kept host", at("10.0.0.5", 5000), DROP),
+            ("host the reload dropped", at("10.0.0.100", 5000), PASS),
+            ("new host, in the trie", at("10.9.9.9", 5000), DROP),
+        ],
+    );
 }
 
 #[test]

@@ -49,6 +49,32 @@ pub struct Config {
     pub reject_errno: u32,
     /// The kernel can preempt a task inside a program: counters use atomic adds.
     pub count_atomic: bool,
+    /// Entries of the IPv4 host table (struct cgdrop_host); 0 = none.
+    pub hosts_v4: u32,
+}
+
+/// Host rules (IPv4 /32, no port, no ttl) a policy needs before they go to a
+/// table of their own (struct cgdrop_host) instead of the trie.
+pub const HOST_TABLE_MIN: usize = 4096;
+
+/// Whether a rule belongs in the host table: an IPv4 /32 without port or
+/// ttl (255.255.255.255, the table's end marker, stays in the trie).
+pub fn is_table_host(target: &crate::rules::Target, expires_ns: u64) -> bool {
+    matches!(target.addr, std::net::IpAddr::V4(a) if a != std::net::Ipv4Addr::BROADCAST)
+        && target.prefix == 32
+        && target.port == 0
+        && expires_ns == 0
+}
+
+/// The host table's size for `rules`: room for each of its host rules (a
+/// target given twice only leaves an entry unused), or 0 below HOST_TABLE_MIN.
+pub fn host_table_size(rules: &[crate::rules::Rule]) -> u32 {
+    let n = rules.iter().filter(|r| r.ttl.is_none() && is_table_host(&r.target, 0)).count();
+    if n < HOST_TABLE_MIN {
+        0
+    } else {
+        n.min(MAX_RULES_PER_FAMILY) as u32
+    }
 }
 
 impl Config {
@@ -70,6 +96,7 @@ impl Config {
             no_new_inbound: policy.no_new_inbound,
             reject_errno: policy.reject_with.errno(),
             count_atomic: crate::host::preempt::counters_need_atomics(),
+            hosts_v4: host_table_size(&policy.rules),
         }
     }
 
@@ -90,7 +117,7 @@ impl Config {
             events_per_cpu: self.events_per_cpu,
             reject_errno: self.reject_errno,
             count_atomic: u32::from(self.count_atomic),
-            pad: 0,
+            hosts_v4: self.hosts_v4,
             directions: cgdrop_direction(bits(&[
                 (self.ingress, cgdrop_direction::CGDROP_DIR_INGRESS.0),
                 (self.egress, cgdrop_direction::CGDROP_DIR_EGRESS.0),
@@ -121,6 +148,7 @@ impl Config {
             no_new_inbound: c.modes.0 & cgdrop_mode::CGDROP_MODE_NO_NEW_INBOUND.0 != 0,
             reject_errno: c.reject_errno,
             count_atomic: c.count_atomic != 0,
+            hosts_v4: c.hosts_v4,
         }
     }
 
@@ -288,9 +316,31 @@ mod tests {
                 no_new_inbound: bits & 2 != 0,
                 reject_errno: bits,
                 count_atomic: bits & 4 != 0,
+                hosts_v4: bits * 5000,
             };
             assert_eq!(Config::decode(&c.encode()), c.clone());
         }
+    }
+
+    #[test]
+    fn host_table_takes_big_sets_of_plain_ipv4_hosts() {
+        let rule = |t: &str, ttl: Option<u64>| crate::rules::Rule {
+            action: crate::rules::Action::Deny,
+            target: t.parse().unwrap(),
+            ttl: ttl.map(std::time::Duration::from_secs),
+        };
+        let hosts: Vec<_> = (0..HOST_TABLE_MIN as u32)
+            .map(|i| rule(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(), None))
+            .collect();
+        assert_eq!(host_table_size(&hosts), HOST_TABLE_MIN as u32);
+        assert_eq!(host_table_size(&hosts[1..]), 0, "fewer stay in the trie");
+        // Prefixes, ports, ttls, IPv6 and the end marker do not count.
+        let mut others = hosts[1..].to_vec();
+        for t in ["10.0.0.0/31", "10.0.0.1:53", "::1", "255.255.255.255"] {
+            others.push(rule(t, None));
+        }
+        others.push(rule("10.9.9.9", Some(60)));
+        assert_eq!(host_table_size(&others), 0);
     }
 
     #[test]

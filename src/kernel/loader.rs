@@ -24,8 +24,12 @@ use crate::{
 /// what unmatched traffic gets, in the order that never leaves a gap.
 pub fn apply_rules(skel: &mut CgdropSkel<'_>, installed: &mut Installed, policy: &Policy) -> Result<()> {
     let now_ns = rulemaps::boot_time_ns()?;
-    let maps =
-        RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6, sieve: &skel.maps.cgdrop_sieve };
+    let maps = RuleMaps {
+        v4: &skel.maps.cgdrop_rules_v4,
+        v6: &skel.maps.cgdrop_rules_v6,
+        hosts_v4: &skel.maps.cgdrop_hosts_v4,
+        sieve: &skel.maps.cgdrop_sieve,
+    };
     let bss = skel.maps.bss_data.as_deref_mut().context("the BPF object has no .bss section")?;
     let has_rules = u32::from(!policy.rules.is_empty());
     let has_port_rules = u32::from(policy.rules.iter().any(|r| r.target.port != 0));
@@ -43,8 +47,12 @@ pub fn apply_rules(skel: &mut CgdropSkel<'_>, installed: &mut Installed, policy:
 
 /// Deletes expired rules from the tries; returns how many.
 pub fn sweep_expired(skel: &CgdropSkel<'_>, installed: &mut Installed) -> Result<usize> {
-    let maps =
-        RuleMaps { v4: &skel.maps.cgdrop_rules_v4, v6: &skel.maps.cgdrop_rules_v6, sieve: &skel.maps.cgdrop_sieve };
+    let maps = RuleMaps {
+        v4: &skel.maps.cgdrop_rules_v4,
+        v6: &skel.maps.cgdrop_rules_v6,
+        hosts_v4: &skel.maps.cgdrop_hosts_v4,
+        sieve: &skel.maps.cgdrop_sieve,
+    };
     maps.sweep_expired(installed, rulemaps::boot_time_ns()?)
 }
 
@@ -96,6 +104,8 @@ pub fn load_programs<'obj>(
     }
     let rodata = open.maps.rodata_data.as_deref_mut().context("the BPF object has no rodata section")?;
     rodata.cfg = Config::of(policy).encode();
+    let hosts = rodata.cfg.hosts_v4.max(1);
+    open.maps.cgdrop_hosts_v4.set_max_entries(hosts).context("sizing the host table")?;
     open.maps.cgdrop_hits.set_max_entries(hits_capacity(policy.rules.len())).context("sizing the hits map")?;
     if std::env::var_os("CGDROP_SELFTEST_REJECTED_PROGRAM").is_some() {
         // Only to test the error path: a program the verifier refuses.

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod events;
 pub mod hits;
+pub mod hosts;
 pub mod loader;
 pub mod rulekeys;
 pub mod rulemaps;

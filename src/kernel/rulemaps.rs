@@ -1,6 +1,7 @@
 //! The rules in the kernel: writes `Rule`s into the `rules_v4`/`rules_v6` LPM
-//! tries (each marked in the sieve first), swaps a whole rule set with no
-//! moment where neither set applies, and deletes expired rules.
+//! tries and the IPv4 host table (each marked in the sieve first), swaps a
+//! whole rule set with no moment where neither set applies, and deletes
+//! expired rules.
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +10,9 @@ use nix::time::{clock_gettime, ClockId};
 
 use crate::{
     kernel::{
-        rulekeys::{bytes, decode_key, decode_value, errno, key_of, value_of, Family},
+        config::is_table_host,
+        hosts::HostTable,
+        rulekeys::{action_value, bytes, decode_key, decode_value, errno, hit_key_of, key_of, value_of, Family},
         sieve::Sieve,
     },
     rules::{Action, Rule, Target},
@@ -21,11 +24,22 @@ pub fn boot_time_ns() -> Result<u64> {
     Ok(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
-/// The two tries of one policy, and its sieve (which every write marks first).
+/// The two tries of one policy, its IPv4 host table, and its sieve (which
+/// every write marks first).
 pub struct RuleMaps<'m, M: MapCore> {
     pub v4: &'m M,
     pub v6: &'m M,
+    pub hosts_v4: &'m M,
     pub sieve: &'m M,
+}
+
+/// The origin bits of an entry (struct cgdrop_rule's and cgdrop_host's).
+fn origin_of(e: &Entry) -> u32 {
+    if e.live {
+        crate::kernel::skel::types::cgdrop_rule_origin::CGDROP_RULE_LIVE.0
+    } else {
+        0
+    }
 }
 
 /// One rule in the tries.
@@ -125,6 +139,22 @@ impl Installed {
     }
 }
 
+/// A live entry of the host table as an Entry.
+fn host_entry(h: &crate::kernel::hosts::Host) -> Result<Entry> {
+    use crate::kernel::skel::types::{cgdrop_action, cgdrop_rule_origin};
+    let action = match cgdrop_action(h.action) {
+        cgdrop_action::CGDROP_ACTION_ALLOW => Action::Allow,
+        cgdrop_action::CGDROP_ACTION_DENY => Action::Deny,
+        other => bail!("a host rule has the unknown action {}", other.0),
+    };
+    Ok(Entry {
+        target: Target::new(h.addr.into(), 32, 0),
+        action,
+        expires_ns: 0,
+        live: h.origin & cgdrop_rule_origin::CGDROP_RULE_LIVE.0 != 0,
+    })
+}
+
 /// Keys and values of one family laid end to end, for a batch update.
 #[derive(Default)]
 struct Batch {
@@ -166,9 +196,48 @@ impl<M: MapCore> RuleMaps<'_, M> {
         Ok(installed.entries.iter().all(|e| sieve.covers(&e.target)))
     }
 
-    /// Adds or overwrites one rule.
+    /// The size of the host table if it has one and nothing was written to
+    /// it yet (its first entry is all zero), read without mapping it.
+    fn unfilled_table(&self) -> Result<Option<usize>> {
+        let capacity = self.hosts_v4.max_entries() as usize;
+        if capacity < crate::kernel::config::HOST_TABLE_MIN {
+            return Ok(None);
+        }
+        let first = self.hosts_v4.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading the host table")?;
+        Ok(first.is_some_and(|v| v.iter().all(|b| *b == 0)).then_some(capacity))
+    }
+
+    fn hosts(&self) -> Result<Option<HostTable>> {
+        HostTable::map(self.hosts_v4.as_fd(), self.hosts_v4.max_entries())
+    }
+
+    /// Adds or overwrites one rule. A target of the host table keeps its
+    /// entry: a rule without ttl is written there in place; one with a ttl
+    /// goes to the trie first, and the entry is deleted after (so that one
+    /// of the two decides at every moment).
     pub fn put(&self, e: &Entry) -> Result<()> {
+        self.put_in(self.hosts()?.as_ref(), e)
+    }
+
+    /// put() with the host table mapped by the caller (see delete_in).
+    fn put_in(&self, table: Option<&HostTable>, e: &Entry) -> Result<()> {
         self.sieve()?.mark(&e.target);
+        if let Some(table) = table {
+            if let Some(i) = table.find(&e.target) {
+                if e.expires_ns == 0 {
+                    table.set(i, action_value(e.action).0, origin_of(e));
+                    // A ttl rule written before for the target would come back once this one is deleted.
+                    return self.delete_from_trie(&e.target);
+                }
+                self.put_in_trie(e)?;
+                table.set(i, 0, 0);
+                return Ok(());
+            }
+        }
+        self.put_in_trie(e)
+    }
+
+    fn put_in_trie(&self, e: &Entry) -> Result<()> {
         let (family, key, prefixlen) = key_of(&e.target);
         let value = value_of(e, &key, prefixlen);
         self.map(family).update(&key, bytes(&value), MapFlags::ANY).map_err(|err| {
@@ -187,6 +256,11 @@ impl<M: MapCore> RuleMaps<'_, M> {
 
     /// The rule for exactly this target (not a longer-prefix match), if any.
     pub fn get(&self, target: &Target) -> Result<Option<Entry>> {
+        if let Some(table) = self.hosts()? {
+            if let Some(h) = table.find(target).map(|i| table.get(i)).filter(|h| h.action != 0) {
+                return Ok(Some(host_entry(&h)?));
+            }
+        }
         let (family, key, prefixlen) = key_of(target);
         // An LPM lookup answers with the longest prefix that covers the key:
         // the value's prefixlen says whether that is this very rule.
@@ -206,11 +280,35 @@ impl<M: MapCore> RuleMaps<'_, M> {
                 out.push(Entry { target: decode_key(family, &key)?, ..decode_value(&raw)?.entry });
             }
         }
+        if let Some(table) = self.hosts()? {
+            for h in table.live() {
+                out.push(host_entry(&h)?);
+            }
+        }
         out.sort_by_key(|e| e.target);
         Ok(Installed { entries: out, expiries: HashMap::new() })
     }
 
     pub fn delete(&self, target: &Target) -> Result<()> {
+        self.delete_in(self.hosts()?.as_ref(), target)
+    }
+
+    /// delete() with the host table mapped by the caller (mapping it costs
+    /// the kernel every page of it: once per batch of deletes, not per rule).
+    /// A live entry of the table has no copy in the trie (put deletes it).
+    fn delete_in(&self, table: Option<&HostTable>, target: &Target) -> Result<()> {
+        if let Some(table) = table {
+            if let Some(i) = table.find(target) {
+                if table.get(i).action != 0 {
+                    table.set(i, 0, 0);
+                    return Ok(());
+                }
+            }
+        }
+        self.delete_from_trie(target)
+    }
+
+    fn delete_from_trie(&self, target: &Target) -> Result<()> {
         let (family, key, _) = key_of(target);
         match self.map(family).delete(&key) {
             Ok(()) => Ok(()),
@@ -250,9 +348,47 @@ impl<M: MapCore> RuleMaps<'_, M> {
         const CHUNK: u32 = 1 << 16;
         let mut batches = [Batch::default(), Batch::default()];
         let sieve = self.sieve()?;
+        // A table is filled once, when its policy is loaded, before it is
+        // attached (with the first of the rules it has room for); later sets
+        // change entries in place (see put). Mapped whole only then: the
+        // kernel maps every page of a map at once (24 MB for a million).
+        let fresh = self.unfilled_table()?;
+        let table = if fresh.is_some() { None } else { self.hosts()? };
+        if let Some(capacity) = fresh {
+            let hosts = next.entries.iter().filter(|e| is_table_host(&e.target, e.expires_ns)).take(capacity);
+            HostTable::fill(
+                self.hosts_v4.as_fd(),
+                capacity as u32,
+                hosts.map(|e| {
+                    sieve.mark(&e.target);
+                    let addr = match e.target.addr {
+                        std::net::IpAddr::V4(a) => a,
+                        std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+                    };
+                    (addr, action_value(e.action).0, origin_of(e), hit_key_of(&key_of(&e.target).1))
+                }),
+            )?;
+        }
+        let mut in_table = 0;
+        let mut deleted_after = Vec::new();
         let written = (|| {
             for e in &next.entries {
                 sieve.mark(&e.target);
+                if let Some(capacity) = fresh {
+                    // Filled just now: the first `capacity` host rules are there.
+                    if is_table_host(&e.target, e.expires_ns) && in_table < capacity {
+                        in_table += 1;
+                        continue;
+                    }
+                } else if let Some(t) = &table {
+                    if let Some(i) = t.find(&e.target) {
+                        if e.expires_ns == 0 {
+                            t.set(i, action_value(e.action).0, origin_of(e));
+                            continue;
+                        }
+                        deleted_after.push(i);
+                    }
+                }
                 let (family, key, prefixlen) = key_of(&e.target);
                 let batch = &mut batches[family as usize];
                 batch.keys.extend_from_slice(&key);
@@ -270,9 +406,18 @@ impl<M: MapCore> RuleMaps<'_, M> {
             self.undo(installed, &next);
             return Err(e);
         }
+        if let Some(t) = &table {
+            for i in deleted_after {
+                t.set(i, 0, 0);
+            }
+        }
         switch_default()?;
+        let table = match table {
+            Some(t) => Some(t),
+            None => self.hosts()?,
+        };
         for target in installed.missing_from(&next) {
-            self.delete(target)?;
+            self.delete_in(table.as_ref(), target)?;
         }
         *installed = next;
         Ok(())
@@ -281,11 +426,12 @@ impl<M: MapCore> RuleMaps<'_, M> {
     /// After a failed write of `next`: deletes what it added and writes back
     /// what it overwrote (best effort: the write's error is what is reported).
     fn undo(&self, installed: &Installed, next: &Installed) {
+        let table = self.hosts().ok().flatten();
         for target in next.missing_from(installed) {
-            let _ = self.delete(target);
+            let _ = self.delete_in(table.as_ref(), target);
         }
         for e in &installed.entries {
-            let _ = self.put(e);
+            let _ = self.put_in(table.as_ref(), e);
         }
     }
 
@@ -293,10 +439,11 @@ impl<M: MapCore> RuleMaps<'_, M> {
     pub fn sweep_expired(&self, installed: &mut Installed, now_ns: u64) -> Result<usize> {
         let before = installed.entries.len();
         let mut result = Ok(());
+        // Expired rules have a ttl: never in the host table.
         installed.entries.retain(|e| {
             let expired = e.expires_ns != 0 && e.expires_ns <= now_ns;
             if expired && result.is_ok() {
-                result = self.delete(&e.target);
+                result = self.delete_from_trie(&e.target);
             }
             !expired
         });

@@ -34,6 +34,7 @@ unsafe impl plain::Plain for cgdrop_config {}
 pub struct Shared<'a> {
     pub rules_v4: BorrowedFd<'a>,
     pub rules_v6: BorrowedFd<'a>,
+    pub hosts_v4: BorrowedFd<'a>,
     pub sieve: BorrowedFd<'a>,
     pub owners: BorrowedFd<'a>,
     pub killing: BorrowedFd<'a>,
@@ -150,6 +151,7 @@ pub fn scan(config: &Config, shared: &Shared<'_>, cgroup_id: u64, kill: bool) ->
     m.cgdrop_rules_v4.reuse_fd(shared.rules_v4).context("sharing rules_v4")?;
     m.cgdrop_rules_v6.reuse_fd(shared.rules_v6).context("sharing rules_v6")?;
     m.cgdrop_sieve.reuse_fd(shared.sieve).context("sharing the rule sieve")?;
+    m.cgdrop_hosts_v4.reuse_fd(shared.hosts_v4).context("sharing the host table")?;
     m.cgdrop_owners.reuse_fd(shared.owners).context("sharing owners")?;
     m.cgdrop_killing.reuse_fd(shared.killing).context("sharing killing")?;
     // The maps this instance does not use, as small as they go: the rule hits

@@ -41,6 +41,7 @@ pub fn pin_maps(skel: &mut CgdropSkel<'_>, dir: &Path) -> Result<()> {
         ("stats", &mut m.cgdrop_stats),
         ("rules_v4", &mut m.cgdrop_rules_v4),
         ("rules_v6", &mut m.cgdrop_rules_v6),
+        ("hosts_v4", &mut m.cgdrop_hosts_v4),
         ("sieve", &mut m.cgdrop_sieve),
         ("rodata", &mut m.rodata),
         ("bss", &mut m.bss),
@@ -101,6 +102,7 @@ pub struct Pinned {
     pub stats: MapHandle,
     pub rules_v4: MapHandle,
     pub rules_v6: MapHandle,
+    pub hosts_v4: MapHandle,
     pub sieve: MapHandle,
     pub events: MapHandle,
     pub event_budget: MapHandle,
@@ -168,6 +170,7 @@ impl Pinned {
             stats: open_map(dir, "stats")?,
             rules_v4: open_map(dir, "rules_v4")?,
             rules_v6: open_map(dir, "rules_v6")?,
+            hosts_v4: open_map(dir, "hosts_v4")?,
             sieve: open_map(dir, "sieve")?,
             events: open_map(dir, "events")?,
             event_budget: open_map(dir, "event_budget")?,
@@ -256,6 +259,7 @@ impl Pinned {
         let shared = sockets::Shared {
             rules_v4: self.rules_v4.as_fd(),
             rules_v6: self.rules_v6.as_fd(),
+            hosts_v4: self.hosts_v4.as_fd(),
             sieve: self.sieve.as_fd(),
             owners: self.owners.as_fd(),
             killing: self.killing.as_fd(),
@@ -325,7 +329,7 @@ impl Pinned {
     /// not set, ignores rules that are there.
     fn flags_disagree(&self) -> Result<Option<&'static str>> {
         let b = self.bss()?;
-        let maps = RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6, sieve: &self.sieve };
+        let maps = RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6, hosts_v4: &self.hosts_v4, sieve: &self.sieve };
         let rules = maps.read_all()?;
         Ok(if b.has_rules == 0 && !rules.entries.is_empty() {
             Some("has_rules is 0 while rules are in the tries")
