@@ -1135,8 +1135,16 @@ static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *
 static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level)
 {
 	struct decision d = { .level = level & (CGDROP_LEVELS - 1) };
-	struct pkt_info *pkt = bpf_map_lookup_elem(&cgdrop_pkt, &d.level);
+	struct pkt_info *pkt;
 
+	/*
+	 * Everything in scope, nothing to match the packet against (drop-all):
+	 * the verdict needs no scratch. With events on, the event reads it.
+	 */
+	if (!cfg.ifindex && !cfg.port && !cfg.events_per_cpu && !(cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) &&
+	    (cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)) && !has_rules)
+		return unmatched_pass ? 0 : CGDROP_REASON_DEFAULT;
+	pkt = bpf_map_lookup_elem(&cgdrop_pkt, &d.level);
 	if (!pkt)
 		return CGDROP_REASON_UNDECIDED;
 	/*
@@ -1157,7 +1165,6 @@ static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level
 		return d.found ? JUDGED_FOUND : 0;
 	return d.reason | (d.found ? JUDGED_FOUND : 0);
 }
-
 
 /*
  * The pass path of a block list, inlined ahead of the full verdict: true when
