@@ -412,9 +412,11 @@ impl<M: MapCore> RuleMaps<'_, M> {
             }
         }
         switch_default()?;
+        // Mapped for the deletes only if there are any (a first load has none).
         let table = match table {
             Some(t) => Some(t),
-            None => self.hosts()?,
+            None if installed.missing_from(&next).next().is_some() => self.hosts()?,
+            None => None,
         };
         for target in installed.missing_from(&next) {
             self.delete_in(table.as_ref(), target)?;
