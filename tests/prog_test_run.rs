@@ -466,6 +466,8 @@ fn host_table_rules_decide_and_change_in_place() {
     let mut reload = host_rules(10);
     reload.push(Rule { action: Action::Deny, target: "10.9.9.9".parse().unwrap(), ttl: None });
     let p2 = Policy { rules: reload, ..policy(None, 0) };
+    // As `apply` does to a pinned policy: what is installed, read back (10.0.0.3's ttl rule included).
+    let mut installed = maps.read_all().expect("read the rules");
     loader::apply_rules(&mut skel, &mut installed, &p2).expect("reload the rules");
     run_verdicts(
         &skel,
@@ -473,8 +475,19 @@ fn host_table_rules_decide_and_change_in_place() {
             ("kept host", at("10.0.0.5", 5000), DROP),
             ("host the reload dropped", at("10.0.0.100", 5000), PASS),
             ("new host, in the trie", at("10.9.9.9", 5000), DROP),
+            ("a host the reload made permanent again", at("10.0.0.3", 5000), DROP),
         ],
     );
+    // Its ttl rule left the trie with the reload: deleting the host leaves no rule behind.
+    let maps = RuleMaps {
+        v4: &skel.maps.cgdrop_rules_v4,
+        v6: &skel.maps.cgdrop_rules_v6,
+        hosts_v4: &skel.maps.cgdrop_hosts_v4,
+        sieve: &skel.maps.cgdrop_sieve,
+    };
+    maps.delete(&"10.0.0.3".parse().unwrap()).unwrap();
+    assert_eq!(maps.get(&"10.0.0.3".parse().unwrap()).unwrap(), None);
+    run_verdicts(&skel, &[("deleted after the reload", at("10.0.0.3", 5000), PASS)]);
 }
 
 #[test]

@@ -133,6 +133,11 @@ impl Installed {
         counts
     }
 
+    /// Whether the rule for `target` has a ttl (then it is in the trie).
+    fn has_ttl_rule(&self, target: &Target) -> bool {
+        self.entries.binary_search_by_key(target, |e| e.target).is_ok_and(|i| self.entries[i].expires_ns != 0)
+    }
+
     /// The earliest expiry of a temporary rule (boot-time ns).
     pub fn next_expiry(&self) -> Option<u64> {
         self.entries.iter().map(|e| e.expires_ns).filter(|&e| e != 0).min()
@@ -384,6 +389,10 @@ impl<M: MapCore> RuleMaps<'_, M> {
                     if let Some(i) = t.find(&e.target) {
                         if e.expires_ns == 0 {
                             t.set(i, action_value(e.action).0, origin_of(e));
+                            // A ttl rule for it in the trie would come back once this one is deleted.
+                            if installed.has_ttl_rule(&e.target) {
+                                self.delete_from_trie(&e.target)?;
+                            }
                             continue;
                         }
                         deleted_after.push(i);
