@@ -172,7 +172,7 @@ pub fn per_packet_cost() -> Result<String> {
             silent: false,
             dry_run: false,
         };
-        let mut object = MaybeUninit::<OpenObject>::uninit();
+        let mut object = loader::Objects::new();
         let mut skel = loader::load(&policy, &mut object)?;
         loader::apply_rules(&mut skel, &mut Installed::new(), &policy)?;
         for (name, prog) in

@@ -5,7 +5,6 @@
 //! It detaches when it ends and returns the counters.
 use std::{
     io::IsTerminal,
-    mem::MaybeUninit,
     os::fd::AsFd,
     process::ExitStatus,
     sync::{
@@ -17,7 +16,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::OpenObject;
 use nix::sys::signal::Signal;
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGTERM},
@@ -98,7 +96,7 @@ pub fn session(
     let (tx, rx) = mpsc::channel();
     let stopped = forward_signals(tx.clone(), policy.rules_file.is_some())?;
 
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(&policy, &mut object)?;
     let mut installed = Installed::new();
     let started = Instant::now();

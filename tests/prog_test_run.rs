@@ -8,8 +8,6 @@
 //! truncation is tested past the IP header: L4 headers, extension headers, IHL.
 mod common;
 
-use std::mem::MaybeUninit;
-
 use std::time::Duration;
 
 use cgdrop::{
@@ -22,7 +20,7 @@ use cgdrop::{
     policy::Policy,
     rules::{Action, Rule, Target},
 };
-use libbpf_rs::{OpenObject, ProgramInput};
+use libbpf_rs::ProgramInput;
 
 const PASS: u32 = 1;
 const DROP: u32 = 0;
@@ -61,7 +59,7 @@ fn with_rules(rules: &[(&str, &str)]) -> Policy {
 
 /// Runs every case through both programs and checks verdicts and counters.
 fn check(policy: &Policy, cases: &[(&str, Vec<u8>, u32)]) {
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(policy, &mut object).expect("load the BPF object");
     loader::apply_rules(&mut skel, &mut Installed::new(), policy).expect("write the rules");
     run_cases(&skel, cases);
@@ -219,7 +217,7 @@ fn interface_filter() {
 #[ignore = "needs root: `make test` runs it as root"]
 fn unselected_direction_passes() {
     let egress_only = Policy { ingress: false, ..policy(None, 0) };
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     // The ingress program too (cgdrop itself neither loads nor attaches it for this policy).
     let skel = loader::load_programs(&egress_only, &mut object, &loader::Hook::ALL).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
@@ -305,8 +303,10 @@ fn allow_only_and_ipv4_mapped() {
 #[ignore = "needs root: `make test` runs it as root"]
 fn expired_rules_do_not_match() {
     let p = policy(None, 0);
-    let mut object = MaybeUninit::<OpenObject>::uninit();
-    let mut skel = loader::load(&p, &mut object).expect("load");
+    let mut object = loader::Objects::new();
+    let mut loaded = loader::load(&p, &mut object).expect("load");
+    // The skeleton itself: its maps are borrowed one by one below.
+    let skel: &mut CgdropSkel<'_> = &mut loaded;
     let rule = |action, t: &str, ttl| Rule { action, target: t.parse::<Target>().unwrap(), ttl };
     let rules = [
         rule(Action::Deny, "10.0.0.0/8", None),
@@ -334,7 +334,7 @@ fn expired_rules_do_not_match() {
     .unwrap();
     let udp = udp(5000, 5000);
     run_cases(
-        &skel,
+        skel,
         &[
             ("expired allow /16 falls back to the /8 deny", ipv4_at("10.1.1.1", IPPROTO_UDP, 0, &udp), DROP),
             ("expired deny: no rule, block list passes", ipv4_at("192.0.2.7", IPPROTO_UDP, 0, &udp), PASS),
@@ -380,7 +380,7 @@ fn the_sieve_lets_every_rule_be_seen() {
     // Written one by one into a loaded policy, as `rule add` does: each
     // marks its groups before it is written.
     let p = with_rules(&[("deny", "192.0.2.1")]);
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(&p, &mut object).expect("load");
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).expect("write the rules");
     let maps = RuleMaps {
@@ -417,7 +417,7 @@ fn host_table_rules_decide_and_change_in_place() {
     rules.push(Rule { action: Action::Deny, target: "192.0.2.0/24".parse().unwrap(), ttl: None });
     let p = Policy { rules, ..policy(None, 0) };
     assert_eq!(cgdrop::kernel::config::host_table_size(&p.rules), 5000);
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(&p, &mut object).expect("load");
     let mut installed = Installed::new();
     loader::apply_rules(&mut skel, &mut installed, &p).expect("write the rules");
@@ -494,7 +494,7 @@ fn host_table_rules_decide_and_change_in_place() {
 #[ignore = "needs root: `make test` runs it as root"]
 fn dry_run_counts_but_passes() {
     let p = Policy { dry_run: true, ..policy(None, 0) };
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let skel = loader::load(&p, &mut object).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
@@ -510,7 +510,7 @@ fn dry_run_counts_but_passes() {
 #[ignore = "needs root: `make test` runs it as root"]
 fn silent_egress_drops_with_congestion_notification() {
     let p = Policy { silent: true, ..policy(None, 0) };
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let skel = loader::load(&p, &mut object).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
@@ -527,7 +527,7 @@ fn addresses_are_read_from_the_right_header_field() {
     // Egress matches the destination, ingress the source: a packet from
     // 10.0.0.1 to 192.0.2.1 with 10.0.0.0/8 denied.
     let p = with_rules(&[("deny", "10.0.0.0/8")]);
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(&p, &mut object).expect("load");
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).unwrap();
     let mut packet = ipv4_at("10.0.0.1", IPPROTO_UDP, 0, &udp(1, 2));
@@ -594,7 +594,7 @@ fn random_packets_follow_the_policy() {
     };
 
     // A policy that drops everything in scope drops every packet, parsable or not.
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let skel = loader::load(&policy(None, 0), &mut object).unwrap();
     for (i, p) in packets.iter().enumerate() {
         for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
@@ -609,7 +609,7 @@ fn random_packets_follow_the_policy() {
     // dropped whatever follows it; only packets without one may pass (a
     // block list passes what no rule can match).
     let p = with_rules(&[("deny", "0.0.0.0/0"), ("deny", "::/0")]);
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(&p, &mut object).unwrap();
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).unwrap();
     for (i, packet) in packets.iter().enumerate() {
@@ -628,7 +628,7 @@ fn random_packets_follow_the_policy() {
 
     // With a port filter any verdict may be right, but the program must run
     // to a verdict on every packet and count each once.
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let skel = loader::load(&policy(Some(53), 0), &mut object).unwrap();
     for p in &packets {
         for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
@@ -660,7 +660,7 @@ fn segment_routing_final_destination_is_judged() {
 
 /// Like `check`, with a verdict for each program: (name, packet, egress, ingress).
 fn egress_and_ingress(policy: &Policy, cases: &[(&str, Vec<u8>, u32, u32)]) {
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(policy, &mut object).unwrap();
     loader::apply_rules(&mut skel, &mut Installed::new(), policy).unwrap();
     for (name, packet, egress, ingress) in cases {
@@ -744,7 +744,7 @@ fn set_depth(skel: &CgdropSkel<'_>, slot: u32, depth: u32) {
 #[ignore = "needs root: `make test` runs it as root"]
 fn runs_count_at_their_nesting_level_and_the_totals_sum_every_level() {
     let policy = policy(None, 0);
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let skel = loader::load(&policy, &mut object).expect("load the BPF object");
     let egress = 1; // CGDROP_STAT_EGRESS
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1000, 53));

@@ -1,9 +1,9 @@
 //! `cgdrop pin` (attach and pin, `--replace` in place, `--programs`) and
 //! `cgdrop unpin`.
-use std::{fs, mem::MaybeUninit, os::fd::AsFd, path::Path};
+use std::{fs, os::fd::AsFd, path::Path};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::{Link, OpenObject};
+use libbpf_rs::Link;
 
 use crate::{
     cli::PinArgs,
@@ -101,7 +101,7 @@ pub fn pin_on(policy: &Policy, location: cgroup::Location, replace: bool, origin
 
     // Changes to one policy are serialised (see `Pinned::lock`).
     let _lock = if existing { Some(lock_dir(&dir)?) } else { None };
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     let mut skel = loader::load(policy, &mut object)?;
     let mut installed = Installed::new();
     loader::apply_rules(&mut skel, &mut installed, policy)?;
@@ -151,7 +151,13 @@ fn carry_live_rules(skel: &mut CgdropSkel<'_>, new: &Installed, dir: &Path) -> R
     Ok(carried.len())
 }
 
-fn pin_fresh(skel: &mut CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy, mut tmp: TempDir, dir: &Path) -> Result<()> {
+fn pin_fresh(
+    skel: &mut loader::Loaded<'_>,
+    cgroup: &Cgroup,
+    policy: &Policy,
+    mut tmp: TempDir,
+    dir: &Path,
+) -> Result<()> {
     // Attached from here on; until the pins exist, the fds alone hold the links,
     // so an error or a kill detaches everything.
     let mut links = loader::attach(skel, cgroup, policy)?;
@@ -169,7 +175,7 @@ fn pin_fresh(skel: &mut CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy, mut tm
 /// hook, so no packet meets no program), attaches hooks the new policy adds,
 /// and detaches those it drops once the new directory is in place.
 fn replace_into(
-    skel: &mut CgdropSkel<'_>,
+    skel: &mut loader::Loaded<'_>,
     cgroup: &Cgroup,
     policy: &Policy,
     mut tmp: TempDir,
@@ -231,7 +237,7 @@ pub fn pin_programs_into(policy: &Policy, dir: &Path) -> Result<Vec<Hook>> {
     if dir.exists() {
         bail!("{} already exists: `cgdrop unpin --all` removes it", dir.display());
     }
-    let mut object = MaybeUninit::<OpenObject>::uninit();
+    let mut object = loader::Objects::new();
     // Every program: all of them are pinned, for attaching by hand.
     let mut skel = loader::load_programs(policy, &mut object, &Hook::ALL)?;
     loader::apply_rules(&mut skel, &mut Installed::new(), policy)?;

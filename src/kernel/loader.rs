@@ -1,13 +1,14 @@
 //! The BPF side: opens the skeleton, writes the policy into rodata, loads the
-//! programs (keeping libbpf's log for --verbose) and attaches them to a cgroup
-//! with bpf_link. The returned links keep the programs attached: dropping them
+//! programs (on both CPUs: two instances of the object sharing their maps;
+//! libbpf's log kept for --verbose) and attaches them to a cgroup with
+//! bpf_link. The returned links keep the programs attached: dropping them
 //! (or the process exiting, however it exits) detaches.
 use std::mem::MaybeUninit;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    ErrorKind, Link, OpenObject, PrintLevel, ProgramMut,
+    AsRawLibbpf, ErrorKind, Link, OpenObject, PrintLevel, ProgramMut,
 };
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
     kernel::{
         config::Config,
         rulemaps::{self, Installed, RuleMaps},
-        skel::{CgdropSkel, CgdropSkelBuilder},
+        skel::{CgdropSkel, CgdropSkelBuilder, OpenCgdropSkel},
     },
     policy::Policy,
 };
@@ -76,31 +77,97 @@ pub fn hits_capacity(rules: usize) -> u32 {
     rules.saturating_mul(2).clamp(1 << 16, most) as u32
 }
 
+/// Where one load's two instances of the BPF object live (see `Loaded`).
+pub struct Objects {
+    main: MaybeUninit<OpenObject>,
+    side: MaybeUninit<OpenObject>,
+}
+
+impl Objects {
+    pub fn new() -> Self {
+        Self { main: MaybeUninit::uninit(), side: MaybeUninit::uninit() }
+    }
+}
+
+impl Default for Objects {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A loaded policy: the skeleton with every map and the skb programs, and a
+/// second instance of the object that loaded the connect/sendmsg programs
+/// at the same time on another CPU (the verifier takes ~40 ms of a start,
+/// one program after the other within an object), sharing every map of the
+/// first. Derefs to the first; `Hook::program` finds a hook's program.
+pub struct Loaded<'obj> {
+    skel: CgdropSkel<'obj>,
+    side: Option<CgdropSkel<'obj>>,
+}
+
+impl<'obj> std::ops::Deref for Loaded<'obj> {
+    type Target = CgdropSkel<'obj>;
+    fn deref(&self) -> &CgdropSkel<'obj> {
+        &self.skel
+    }
+}
+
+impl<'obj> std::ops::DerefMut for Loaded<'obj> {
+    fn deref_mut(&mut self) -> &mut CgdropSkel<'obj> {
+        &mut self.skel
+    }
+}
+
 /// Opens the BPF object, configures it for `policy` through rodata and loads
 /// the programs of the hooks the policy attaches to (each program the
 /// verifier does not have to see is 0.1–16 ms less start-up).
-pub fn load<'obj>(policy: &Policy, object: &'obj mut MaybeUninit<OpenObject>) -> Result<CgdropSkel<'obj>> {
-    load_programs(policy, object, &Hook::for_policy(policy))
+pub fn load<'obj>(policy: &Policy, objects: &'obj mut Objects) -> Result<Loaded<'obj>> {
+    load_programs(policy, objects, &Hook::for_policy(policy))
 }
 
+fn set_autoload(open: &mut OpenCgdropSkel<'_>, hook: Hook, on: bool) {
+    let p = &mut open.progs;
+    match hook {
+        Hook::Ingress => p.cgdrop_ingress.set_autoload(on),
+        Hook::Egress => p.cgdrop_egress.set_autoload(on),
+        Hook::Connect4 => p.cgdrop_connect4.set_autoload(on),
+        Hook::Connect6 => p.cgdrop_connect6.set_autoload(on),
+        Hook::Sendmsg4 => p.cgdrop_sendmsg4.set_autoload(on),
+        Hook::Sendmsg6 => p.cgdrop_sendmsg6.set_autoload(on),
+        Hook::SockCreate => p.cgdrop_sock_create.set_autoload(on),
+    };
+}
+
+fn verifier_stats(open: &mut OpenCgdropSkel<'_>) {
+    if std::env::var_os("CGDROP_VERIFIER_STATS").is_some() {
+        // For `make bench` and whoever measures the load: the verifier's
+        // statistics (instructions processed, states) in libbpf's log (--verbose).
+        for mut prog in open.open_object_mut().progs_mut() {
+            prog.set_log_level(4);
+        }
+    }
+}
+
+fn refused(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "loading the BPF programs into the kernel failed ({e}): the verifier or the kernel refused a program; run with --verbose to see libbpf's and the verifier's log"
+    )
+}
+
+/// An object being loaded on another thread. SAFETY (of the Send): a libbpf
+/// object is plain memory, tied to no thread; each of the two instances is
+/// used by one thread at a time, and what they share (the maps' fds, which
+/// the side instance only reuses) the kernel serialises.
+struct OnAnotherThread<T>(T);
+// SAFETY: see above.
+unsafe impl<T> Send for OnAnotherThread<T> {}
+
 /// As `load`, with the programs of `hooks` (`pin --programs` pins them all).
-pub fn load_programs<'obj>(
-    policy: &Policy,
-    object: &'obj mut MaybeUninit<OpenObject>,
-    hooks: &[Hook],
-) -> Result<CgdropSkel<'obj>> {
-    let mut open = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
-    for hook in Hook::ALL.into_iter().filter(|h| !hooks.contains(h)) {
-        let p = &mut open.progs;
-        match hook {
-            Hook::Ingress => p.cgdrop_ingress.set_autoload(false),
-            Hook::Egress => p.cgdrop_egress.set_autoload(false),
-            Hook::Connect4 => p.cgdrop_connect4.set_autoload(false),
-            Hook::Connect6 => p.cgdrop_connect6.set_autoload(false),
-            Hook::Sendmsg4 => p.cgdrop_sendmsg4.set_autoload(false),
-            Hook::Sendmsg6 => p.cgdrop_sendmsg6.set_autoload(false),
-            Hook::SockCreate => p.cgdrop_sock_create.set_autoload(false),
-        };
+pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &[Hook]) -> Result<Loaded<'obj>> {
+    let mut open = CgdropSkelBuilder::default().open(&mut objects.main).context("opening the BPF object")?;
+    let side_hooks: Vec<Hook> = hooks.iter().copied().filter(|h| h.loads_aside()).collect();
+    for hook in Hook::ALL {
+        set_autoload(&mut open, hook, hooks.contains(&hook) && !hook.loads_aside());
     }
     let rodata = open.maps.rodata_data.as_deref_mut().context("the BPF object has no rodata section")?;
     rodata.cfg = Config::of(policy).encode();
@@ -111,18 +178,52 @@ pub fn load_programs<'obj>(
         // Only to test the error path: a program the verifier refuses.
         open.progs.cgdrop_selftest.set_autoload(true);
     }
-    if std::env::var_os("CGDROP_VERIFIER_STATS").is_some() {
-        // For `make bench` and whoever measures the load: the verifier's
-        // statistics (instructions processed, states) in libbpf's log (--verbose).
-        for mut prog in open.open_object_mut().progs_mut() {
-            prog.set_log_level(4);
-        }
+    verifier_stats(&mut open);
+    if side_hooks.is_empty() {
+        return Ok(Loaded { skel: open.load().map_err(refused)?, side: None });
     }
-    open.load().map_err(|e| {
-        anyhow!(
-            "loading the BPF programs into the kernel failed ({e}): the verifier or the kernel refused a program; run with --verbose to see libbpf's and the verifier's log"
-        )
-    })
+    // The maps first (libbpf's prepare step: created, rodata written and
+    // frozen), so that the side instance can share them before either loads.
+    let obj = open.open_object_mut().as_libbpf_object();
+    // SAFETY: a valid, opened and not yet loaded bpf_object, owned by `open`.
+    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_object__prepare(obj.as_ptr()) };
+    if rc != 0 {
+        return Err(refused(std::io::Error::from_raw_os_error(-rc)));
+    }
+    let mut side = CgdropSkelBuilder::default().open(&mut objects.side).context("opening the BPF object")?;
+    for hook in Hook::ALL {
+        set_autoload(&mut side, hook, side_hooks.contains(&hook));
+    }
+    let fds: Vec<(String, i32)> = open
+        .open_object_mut()
+        .maps_mut()
+        .map(|m| {
+            // SAFETY: a map of the prepared object above: its fd is valid while `open` lives.
+            let fd = unsafe { libbpf_rs::libbpf_sys::bpf_map__fd(m.as_libbpf_object().as_ptr()) };
+            (m.name().to_string_lossy().into_owned(), fd)
+        })
+        .collect();
+    for mut m in side.open_object_mut().maps_mut() {
+        let name = m.name().to_string_lossy().into_owned();
+        let &(_, fd) =
+            fds.iter().find(|(n, _)| *n == name).with_context(|| format!("map {name} of the second instance"))?;
+        // SAFETY: fd belongs to `open`, which outlives this call (reuse_fd dups it).
+        m.reuse_fd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+            .with_context(|| format!("sharing map {name}"))?;
+    }
+    verifier_stats(&mut side);
+    let side = OnAnotherThread(side);
+    let (main, side) = std::thread::scope(|scope| {
+        let aside = scope.spawn(move || {
+            // The wrapper whole (a closure would capture only its field).
+            let side = side;
+            OnAnotherThread(side.0.load())
+        });
+        let main = open.load();
+        (main, aside.join().map(|r| r.0))
+    });
+    let side = side.map_err(|_| anyhow!("loading the connect/sendmsg programs: the loading thread panicked"))?;
+    Ok(Loaded { skel: main.map_err(refused)?, side: Some(side.map_err(refused)?) })
 }
 
 /// A cgroup hook cgdrop attaches to, and the program it attaches there.
@@ -155,7 +256,16 @@ impl Hook {
         }
     }
 
-    pub fn program<'s, 'obj>(self, skel: &'s CgdropSkel<'obj>) -> &'s ProgramMut<'obj> {
+    /// Whether the second instance of a load loads this hook's program (see `Loaded`).
+    fn loads_aside(self) -> bool {
+        matches!(self, Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6)
+    }
+
+    pub fn program<'s, 'obj>(self, loaded: &'s Loaded<'obj>) -> &'s ProgramMut<'obj> {
+        let skel = match &loaded.side {
+            Some(side) if self.loads_aside() => side,
+            _ => &loaded.skel,
+        };
         let p = &skel.progs;
         match self {
             Hook::Ingress => &p.cgdrop_ingress,
@@ -197,7 +307,7 @@ impl Hook {
 }
 
 /// Attaches one hook's program to `cgroup` with a bpf_link.
-pub fn attach_hook(skel: &CgdropSkel<'_>, hook: Hook, cgroup: &Cgroup) -> Result<Link> {
+pub fn attach_hook(skel: &Loaded<'_>, hook: Hook, cgroup: &Cgroup) -> Result<Link> {
     let name = hook.program(skel).name().to_string_lossy().into_owned();
     hook.program(skel).attach_cgroup(cgroup.raw_fd()).map_err(|e| {
         let what = format!("attaching {name} to cgroup {}", cgroup.path.display());
@@ -216,7 +326,7 @@ pub fn attach_hook(skel: &CgdropSkel<'_>, hook: Hook, cgroup: &Cgroup) -> Result
 
 /// Attaches the programs the policy needs to `cgroup`. On error, the links
 /// made so far are dropped, so nothing stays attached.
-pub fn attach(skel: &CgdropSkel<'_>, cgroup: &Cgroup, policy: &Policy) -> Result<Vec<(Hook, Link)>> {
+pub fn attach(skel: &Loaded<'_>, cgroup: &Cgroup, policy: &Policy) -> Result<Vec<(Hook, Link)>> {
     Hook::for_policy(policy).into_iter().map(|hook| Ok((hook, attach_hook(skel, hook, cgroup)?))).collect()
 }
 
