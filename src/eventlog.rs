@@ -1,14 +1,7 @@
 //! The events of an attached session: read from its ring buffer by a thread
 //! of their own, printed as they come (`--log`, `--log-json`) and tallied by
 //! destination for the summary of `cgdrop run`.
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread,
-};
+use std::{collections::HashMap, os::unix::net::UnixStream, thread};
 
 use anyhow::{Context, Result};
 use libbpf_rs::MapHandle;
@@ -21,7 +14,8 @@ use crate::{
 /// The events of the session, read by a thread of their own as they come:
 /// printed (`--log`, `--log-json`) and tallied by destination.
 pub struct Logger {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the reader: its end of the pair becomes readable.
+    wake: UnixStream,
     thread: thread::JoinHandle<Result<HashMap<String, u64>>>,
     budget: MapHandle,
     format: Option<EventFormat>,
@@ -31,11 +25,10 @@ impl Logger {
     pub fn start(skel: &CgdropSkel<'_>, format: Option<EventFormat>) -> Result<Self> {
         let ring = MapHandle::try_from(&skel.maps.cgdrop_events).context("opening the events ring buffer")?;
         let budget = MapHandle::try_from(&skel.maps.cgdrop_budget).context("opening the event budget")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
+        let (wake, woken) = UnixStream::pair().context("making the event reader's wake-up")?;
         let thread = thread::spawn(move || {
             let mut tally = HashMap::new();
-            events::follow(&[ring], true, &stopped, |e| {
+            events::follow_until(&[ring], &woken, |e| {
                 if let events::Kind::Blocked(b) = &e.kind {
                     let to = match (b.remote, b.remote_port) {
                         (Some(std::net::IpAddr::V6(a)), p) if p != 0 => format!("[{a}]:{p}"),
@@ -51,14 +44,14 @@ impl Logger {
             })?;
             Ok(tally)
         });
-        Ok(Self { stop, thread, budget, format })
+        Ok(Self { wake, thread, budget, format })
     }
 
     /// Reads what is left in the ring buffer, reports what the CPUs left
     /// out and have not reported yet, and returns the three most blocked
     /// destinations.
     pub fn finish(self, cgroup_id: u64) -> Vec<(String, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.wake);
         let tally = match self.thread.join() {
             Ok(Ok(tally)) => tally,
             Ok(Err(e)) => {

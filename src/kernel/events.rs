@@ -4,15 +4,13 @@
 //! what each CPU left out to stay within its budget.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    os::fd::{AsFd, BorrowedFd},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::{
     kernel::skel::types::{
@@ -144,22 +142,12 @@ impl Event {
     }
 }
 
-/// Follows the `events` ring buffers of `maps`, calling `each` for every
-/// event, until `stop` is set (then what is left is read, and it returns).
-/// `follow` = false: reads what is there and returns.
-pub fn follow(maps: &[MapHandle], follow: bool, stop: &Arc<AtomicBool>, each: impl FnMut(Event)) -> Result<()> {
-    follow_while(maps, follow, || !stop.load(Ordering::Relaxed), each)
-}
+/// The ring buffers of `maps`, decoding into a queue that the caller drains.
+type Queue = std::rc::Rc<std::cell::RefCell<Vec<Event>>>;
 
-/// As `follow`, until `go_on` says no (asked after every wait of 100 ms).
-pub fn follow_while(
-    maps: &[MapHandle],
-    follow: bool,
-    mut go_on: impl FnMut() -> bool,
-    mut each: impl FnMut(Event),
-) -> Result<()> {
+fn rings(maps: &[MapHandle]) -> Result<(libbpf_rs::RingBuffer<'static>, Queue)> {
     let mut builder = RingBufferBuilder::new();
-    let queue = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let queue: Queue = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     for map in maps {
         let q = std::rc::Rc::clone(&queue);
         builder
@@ -171,16 +159,52 @@ pub fn follow_while(
             })
             .context("reading the events ring buffer")?;
     }
-    let ring = builder.build().context("reading the events ring buffer")?;
+    Ok((builder.build().context("reading the events ring buffer")?, queue))
+}
+
+/// Follows the `events` ring buffers of `maps`, calling `each` for every
+/// event, until `wake` becomes readable (written to, or its other end
+/// closed): then what is left is read, and it returns at once — the end of
+/// a session waits for this (a timed poll made `cgdrop run -- true` ~20 ms
+/// longer).
+pub fn follow_until(maps: &[MapHandle], wake: &impl AsFd, mut each: impl FnMut(Event)) -> Result<()> {
+    let (ring, queue) = rings(maps)?;
+    // SAFETY: the ring buffer's epoll descriptor, valid while `ring` lives (this function).
+    let ring_fd = unsafe { BorrowedFd::borrow_raw(ring.epoll_fd()) };
+    loop {
+        let mut fds = [PollFd::new(ring_fd, PollFlags::POLLIN), PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            // A signal (Ctrl-C, SIGTERM) interrupts the wait: poll again.
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for events"),
+        }
+        let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+        ring.consume().context("reading events")?;
+        for e in queue.borrow_mut().drain(..) {
+            each(e);
+        }
+        if woken {
+            return Ok(());
+        }
+    }
+}
+
+/// Follows the `events` ring buffers of `maps` (`follow` = false: reads what
+/// is there and returns), until `go_on` says no (asked after every wait of 20 ms).
+pub fn follow_while(
+    maps: &[MapHandle],
+    follow: bool,
+    mut go_on: impl FnMut() -> bool,
+    mut each: impl FnMut(Event),
+) -> Result<()> {
+    let (ring, queue) = rings(maps)?;
     loop {
         let done = !follow || !go_on();
         if done {
             ring.consume().context("reading events")?;
         } else {
-            // Short: the end of a session waits for this wait to end (a
-            // `cgdrop run -- true` would otherwise take 100 ms longer).
             match ring.poll(Duration::from_millis(20)) {
-                // A signal (Ctrl-C, SIGTERM) interrupts the wait: the loop looks at `stop`.
+                // A signal (Ctrl-C, SIGTERM) interrupts the wait: the loop looks at `go_on`.
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 other => other.context("reading events")?,
             }
