@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use anyhow::{Context, Result};
 use cgdrop::{
     kernel::{
-        loader,
+        loader::{self, Hook},
         rulemaps::Installed,
         skel::{CgdropSkel, CgdropSkelBuilder},
     },
@@ -176,7 +176,7 @@ pub fn per_packet_cost() -> Result<String> {
         let mut skel = loader::load(&policy, &mut object)?;
         loader::apply_rules(&mut skel, &mut Installed::new(), &policy)?;
         for (name, prog) in
-            [("cgdrop_egress", &skel.progs.cgdrop_egress), ("cgdrop_ingress", &skel.progs.cgdrop_ingress)]
+            [("cgdrop_egress", Hook::Egress.program(&skel)), ("cgdrop_ingress", Hook::Ingress.program(&skel))]
         {
             let mut cells =
                 vec![name.to_string(), config.name.to_string(), if config.pass { "pass" } else { "drop" }.to_string()];

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use cgdrop::kernel::loader::Hook;
 
 use crate::{
     env::{cgdrop_attached, BenchCgroup, NftTable},
@@ -148,18 +149,21 @@ pub fn startup() -> Result<String> {
     }
     let progs = verifier_times()?;
     let total: u64 = progs.iter().map(|p| p.1).sum();
-    // The connect/sendmsg programs load on the other CPU (kernel::loader::Loaded).
-    let aside: u64 = progs.iter().filter(|p| p.0.contains("connect") || p.0.contains("sendmsg")).map(|p| p.1).sum();
+    // Some programs load on the other CPU (kernel::loader::Loaded).
+    let on_the_side = |name: &str| Hook::ALL.iter().any(|h| h.loads_aside() && name == format!("cgdrop_{}", h.name()));
+    let aside: u64 = progs.iter().filter(|p| on_the_side(&p.0)).map(|p| p.1).sum();
+    let side_names: Vec<&str> = progs.iter().filter(|p| on_the_side(&p.0)).map(|p| p.0.as_str()).collect();
     let each: Vec<String> =
         progs.iter().map(|(n, us, insns)| format!("{n} {:.1} ms ({insns} insns)", *us as f64 / 1000.0)).collect();
     table.note(&format!(
         "Where the time goes: the kernel's verifier took {:.1} ms of CPU in one start ({}), on two CPUs at once: \
-         {:.1} ms for the connect/sendmsg programs, loaded by a second instance of the object, beside {:.1} ms \
-         for the rest; the rest of a start is libbpf's feature probes and the object's BTF, map creation, the \
+         {:.1} ms for {}, loaded by a second instance of the object, beside {:.1} ms for the others; the \
+         rest of a start is libbpf's feature probes and the object's BTF, map creation, the \
          links and the cgroup (the policy object has no CO-RE relocations: the kernel's BTF is not read).",
         total as f64 / 1000.0,
         each.join(", "),
         aside as f64 / 1000.0,
+        side_names.join(", "),
         (total - aside) as f64 / 1000.0
     ));
     Ok(table.finish())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cgdrop::{
     kernel::{
-        loader,
+        loader::{self, Hook, Loaded},
         rulemaps::{self, Installed, RuleMaps},
         skel::CgdropSkel,
         stats::{self, Traffic},
@@ -67,7 +67,7 @@ fn check(policy: &Policy, cases: &[(&str, Vec<u8>, u32)]) {
 
 /// Runs every case through both programs of a loaded skeleton; checks
 /// verdicts and that the counters (fresh before) add up.
-fn run_cases(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
+fn run_cases(skel: &Loaded<'_>, cases: &[(&str, Vec<u8>, u32)]) {
     run_verdicts(skel, cases);
     let mut expected = Traffic::default();
     for (_, packet, verdict) in cases {
@@ -87,9 +87,9 @@ fn run_cases(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
 
 /// The verdicts of both programs on every case (counters not checked: they
 /// add up over calls, which run_cases expects fresh).
-fn run_verdicts(skel: &CgdropSkel<'_>, cases: &[(&str, Vec<u8>, u32)]) {
+fn run_verdicts(skel: &Loaded<'_>, cases: &[(&str, Vec<u8>, u32)]) {
     for (name, packet, verdict) in cases {
-        for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+        for prog in [Hook::Ingress.program(skel), Hook::Egress.program(skel)] {
             let out = prog
                 .test_run(ProgramInput { data_in: Some(packet), ..Default::default() })
                 .unwrap_or_else(|e| panic!("{name}: test run failed: {e}"));
@@ -224,8 +224,8 @@ fn unselected_direction_passes() {
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
         prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
     };
-    assert_eq!(run(&skel.progs.cgdrop_ingress), PASS);
-    assert_eq!(run(&skel.progs.cgdrop_egress), DROP);
+    assert_eq!(run(Hook::Ingress.program(&skel)), PASS);
+    assert_eq!(run(Hook::Egress.program(&skel)), DROP);
     let s = read_stats(&skel);
     assert_eq!((s.ingress.packets, s.ingress.dropped_packets), (1, 0));
     assert_eq!((s.egress.packets, s.egress.dropped_packets), (1, 1));
@@ -334,7 +334,7 @@ fn expired_rules_do_not_match() {
     .unwrap();
     let udp = udp(5000, 5000);
     run_cases(
-        skel,
+        &loaded,
         &[
             ("expired allow /16 falls back to the /8 deny", ipv4_at("10.1.1.1", IPPROTO_UDP, 0, &udp), DROP),
             ("expired deny: no rule, block list passes", ipv4_at("192.0.2.7", IPPROTO_UDP, 0, &udp), PASS),
@@ -497,7 +497,7 @@ fn dry_run_counts_but_passes() {
     let mut object = loader::Objects::new();
     let skel = loader::load(&p, &mut object).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
-    for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+    for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
         let out = prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap();
         assert_eq!(out.return_value, PASS);
     }
@@ -517,8 +517,8 @@ fn silent_egress_drops_with_congestion_notification() {
         prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
     };
     // 2 = drop with congestion notification: UDP senders see no error.
-    assert_eq!(run(&skel.progs.cgdrop_egress), 2);
-    assert_eq!(run(&skel.progs.cgdrop_ingress), DROP);
+    assert_eq!(run(Hook::Egress.program(&skel)), 2);
+    assert_eq!(run(Hook::Ingress.program(&skel)), DROP);
 }
 
 #[test]
@@ -536,8 +536,8 @@ fn addresses_are_read_from_the_right_header_field() {
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
         prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
     };
-    assert_eq!(run(&skel.progs.cgdrop_ingress), DROP, "ingress: the source is remote");
-    assert_eq!(run(&skel.progs.cgdrop_egress), PASS, "egress: the destination is remote");
+    assert_eq!(run(Hook::Ingress.program(&skel)), DROP, "ingress: the source is remote");
+    assert_eq!(run(Hook::Egress.program(&skel)), PASS, "egress: the destination is remote");
 }
 
 /// xorshift64*: a small deterministic generator, so a failure can be replayed.
@@ -597,7 +597,7 @@ fn random_packets_follow_the_policy() {
     let mut object = loader::Objects::new();
     let skel = loader::load(&policy(None, 0), &mut object).unwrap();
     for (i, p) in packets.iter().enumerate() {
-        for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+        for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
             assert_eq!(run(prog, p), DROP, "packet {i}: {p:02x?}");
         }
     }
@@ -616,7 +616,7 @@ fn random_packets_follow_the_policy() {
         let ethertype = u16::from_be_bytes([packet[12], packet[13]]);
         let ip_len = packet.len() - 14;
         let readable = (ethertype == 0x0800 && ip_len >= 20) || (ethertype == 0x86DD && ip_len >= 40);
-        for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+        for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
             let verdict = run(prog, packet);
             if readable {
                 assert_eq!(verdict, DROP, "packet {i} has an IP header: {packet:02x?}");
@@ -631,7 +631,7 @@ fn random_packets_follow_the_policy() {
     let mut object = loader::Objects::new();
     let skel = loader::load(&policy(Some(53), 0), &mut object).unwrap();
     for p in &packets {
-        for prog in [&skel.progs.cgdrop_ingress, &skel.progs.cgdrop_egress] {
+        for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
             assert!([PASS, DROP].contains(&run(prog, p)));
         }
     }
@@ -665,7 +665,7 @@ fn egress_and_ingress(policy: &Policy, cases: &[(&str, Vec<u8>, u32, u32)]) {
     loader::apply_rules(&mut skel, &mut Installed::new(), policy).unwrap();
     for (name, packet, egress, ingress) in cases {
         for (prog, want, which) in
-            [(&skel.progs.cgdrop_egress, egress, "egress"), (&skel.progs.cgdrop_ingress, ingress, "ingress")]
+            [(Hook::Egress.program(&skel), egress, "egress"), (Hook::Ingress.program(&skel), ingress, "ingress")]
         {
             let out = prog.test_run(ProgramInput { data_in: Some(packet), ..Default::default() }).unwrap();
             assert_eq!(out.return_value, *want, "{name}: {which}");
@@ -749,9 +749,8 @@ fn runs_count_at_their_nesting_level_and_the_totals_sum_every_level() {
     let egress = 1; // CGDROP_STAT_EGRESS
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1000, 53));
     let run = |n: u32| {
-        let out = skel
-            .progs
-            .cgdrop_egress
+        let out = Hook::Egress
+            .program(&skel)
             .test_run(ProgramInput { data_in: Some(&packet), repeat: n, ..Default::default() })
             .unwrap();
         assert_eq!(out.return_value, DROP);
