@@ -171,8 +171,7 @@ fn differences(d: &Declared, p: &Pinned) -> Result<Vec<String>> {
     let new = Config::of(&d.policy);
     why.extend(config_changes(&old, &new));
     let now_ns = rulemaps::boot_time_ns()?;
-    let installed =
-        rulemaps::RuleMaps { v4: &p.rules_v4, v6: &p.rules_v6, hosts_v4: &p.hosts_v4, sieve: &p.sieve }.read_all()?;
+    let installed = p.rule_maps().read_all()?;
     let live = |e: &&rulemaps::Entry| e.expires_ns == 0 || e.expires_ns > now_ns;
     let have: BTreeSet<(crate::rules::Target, bool)> = installed
         .entries

@@ -128,14 +128,14 @@ pub fn pin_on(policy: &Policy, location: cgroup::Location, replace: bool, origin
 fn carry_live_rules(skel: &mut CgdropSkel<'_>, new: &Installed, dir: &Path) -> Result<usize> {
     let old = Pinned::open(dir)?;
     let now_ns = rulemaps::boot_time_ns()?;
-    let carried: Vec<Entry> =
-        RuleMaps { v4: &old.rules_v4, v6: &old.rules_v6, hosts_v4: &old.hosts_v4, sieve: &old.sieve }
-            .read_all()?
-            .entries
-            .into_iter()
-            .filter(|e| e.live && (e.expires_ns == 0 || e.expires_ns > now_ns))
-            .filter(|e| new.entries.binary_search_by_key(&e.target, |n| n.target).is_err())
-            .collect();
+    let carried: Vec<Entry> = old
+        .rule_maps()
+        .read_all()?
+        .entries
+        .into_iter()
+        .filter(|e| e.live && (e.expires_ns == 0 || e.expires_ns > now_ns))
+        .filter(|e| new.entries.binary_search_by_key(&e.target, |n| n.target).is_err())
+        .collect();
     let maps = RuleMaps {
         v4: &skel.maps.cgdrop_rules_v4,
         v6: &skel.maps.cgdrop_rules_v6,

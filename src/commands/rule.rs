@@ -30,7 +30,7 @@ use crate::{
 };
 
 fn maps(p: &Pinned) -> RuleMaps<'_, libbpf_rs::MapHandle> {
-    RuleMaps { v4: &p.rules_v4, v6: &p.rules_v6, hosts_v4: &p.hosts_v4, sieve: &p.sieve }
+    p.rule_maps()
 }
 
 /// Deletes the expired rules of a pinned policy and returns what is left.

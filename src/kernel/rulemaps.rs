@@ -378,14 +378,16 @@ impl<M: MapCore> RuleMaps<'_, M> {
         let mut deleted_after = Vec::new();
         let written = (|| {
             for e in &next.entries {
-                sieve.mark(&e.target);
                 if let Some(capacity) = fresh {
-                    // Filled just now: the first `capacity` host rules are there.
+                    // Filled (and marked) just now: the first `capacity` host rules are there.
                     if is_table_host(&e.target, e.expires_ns) && in_table < capacity {
                         in_table += 1;
                         continue;
                     }
-                } else if let Some(t) = &table {
+                }
+                sieve.mark(&e.target);
+                // (A fresh table is not mapped: `table` is None then.)
+                if let Some(t) = &table {
                     if let Some(i) = t.find(&e.target) {
                         if e.expires_ns == 0 {
                             t.set(i, action_value(e.action).0, origin_of(e));

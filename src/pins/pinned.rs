@@ -292,6 +292,11 @@ impl Pinned {
             .with_context(|| format!("writing {}/bss", self.dir.display()))
     }
 
+    /// The policy's rules: its tries, host table and sieve.
+    pub fn rule_maps(&self) -> RuleMaps<'_, MapHandle> {
+        RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6, hosts_v4: &self.hosts_v4, sieve: &self.sieve }
+    }
+
     pub fn health(&self) -> Result<Health> {
         let c = self.config()?;
         let mut missing = Vec::new();
@@ -329,7 +334,7 @@ impl Pinned {
     /// not set, ignores rules that are there.
     fn flags_disagree(&self) -> Result<Option<&'static str>> {
         let b = self.bss()?;
-        let maps = RuleMaps { v4: &self.rules_v4, v6: &self.rules_v6, hosts_v4: &self.hosts_v4, sieve: &self.sieve };
+        let maps = self.rule_maps();
         let rules = maps.read_all()?;
         Ok(if b.has_rules == 0 && !rules.entries.is_empty() {
             Some("has_rules is 0 while rules are in the tries")
