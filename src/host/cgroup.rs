@@ -196,15 +196,24 @@ impl Cgroup {
         }
         let (fd, id) = match open_dir(path) {
             Ok(opened) => opened,
+            // A `cleanup` took the fresh, unlocked directory before we opened it.
+            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
+                return Ok(None)
+            }
             Err(e) => {
                 // Leave the system as it was; the original error is what matters.
                 let _ = fs::remove_dir(path);
                 return Err(e);
             }
         };
-        // Locked, and still the directory this call made: it is ours.
-        let same = fs::metadata(path).is_ok_and(|m| m.ino() == id);
-        if !try_lock(&fd)? || !same {
+        // Locked first, then checked: a `cleanup` running meanwhile may have
+        // adopted the fresh (still unlocked) directory, removed it and let go
+        // of the lock. Only once the lock is ours does "the path still names
+        // the directory this call made" stay true.
+        if !try_lock(&fd)? {
+            return Ok(None);
+        }
+        if !fs::metadata(path).is_ok_and(|m| m.ino() == id) {
             return Ok(None);
         }
         Ok(Some(Self { path: path.to_path_buf(), id, fd, owned: true }))
