@@ -94,7 +94,7 @@ fn run_true() -> Result<Duration> {
 fn verifier_times() -> Result<Vec<(String, u64, u64)>> {
     let out = Command::new(crate::env::CGDROP)
         .args(["run", "--verbose", "--block", "192.0.2.1", "--", "true"])
-        .env("CGDROP_VERIFIER_STATS", "1")
+        .env("CGDROP_VERIFIER_STATS", "4")
         .output()?;
     let log = String::from_utf8_lossy(&out.stderr);
     let mut progs = Vec::new();
