@@ -34,13 +34,23 @@ fn from_cmdline(cmdline: &str) -> Option<Model> {
 }
 
 /// The model a kernel was built with (its default under PREEMPT_DYNAMIC).
+/// One pass over the ~4,000 lines, looking only at `CONFIG_PREEMPT…=y` ones
+/// (a search of the whole text per option cost ~2 ms of every start).
 fn from_config(config: &str) -> Option<Model> {
-    let set = |name: &str| config.lines().any(|l| l.strip_prefix(name) == Some("=y"));
-    if set("CONFIG_PREEMPT_RT") || set("CONFIG_PREEMPT") || set("CONFIG_PREEMPT_LAZY") {
+    let (mut preemptible, mut voluntary, mut none) = (false, false, false);
+    for name in config.lines().filter_map(|l| l.strip_prefix("CONFIG_PREEMPT")?.strip_suffix("=y")) {
+        match name {
+            "_RT" | "" | "_LAZY" => preemptible = true,
+            "_VOLUNTARY" => voluntary = true,
+            "_NONE" => none = true,
+            _ => {}
+        }
+    }
+    if preemptible {
         Some(Model::Preemptible)
-    } else if set("CONFIG_PREEMPT_VOLUNTARY") {
+    } else if voluntary {
         Some(Model::Voluntary)
-    } else if set("CONFIG_PREEMPT_NONE") {
+    } else if none {
         Some(Model::None)
     } else {
         None
@@ -82,7 +92,45 @@ pub fn model() -> Option<Model> {
         return Some(m);
     }
     // PREEMPT_DYNAMIC: the boot parameter, else the configured default.
-    read("/proc/cmdline").as_deref().and_then(from_cmdline).or_else(|| kernel_config().as_deref().and_then(from_config))
+    read("/proc/cmdline").as_deref().and_then(from_cmdline).or_else(config_model)
+}
+
+/// Where the configured model is kept for the rest of the boot: gunzipping
+/// /proc/config.gz costs 1-2 ms of every start, and a kernel's
+/// configuration cannot change while it runs.
+const CACHE: &str = "/run/cgdrop/kernel-preempt";
+
+/// The configured model, from the cache when it is this boot's (and only
+/// root could have written it), else read and cached.
+fn config_model() -> Option<Model> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot = boot.trim();
+    let trusted = |m: &std::fs::Metadata| m.uid() == 0 && m.mode() & 0o022 == 0;
+    let dir = std::path::Path::new(CACHE).parent()?;
+    if let (Ok(d), Ok(f)) = (std::fs::symlink_metadata(dir), std::fs::symlink_metadata(CACHE)) {
+        if d.is_dir() && trusted(&d) && f.is_file() && trusted(&f) {
+            let text = std::fs::read_to_string(CACHE).unwrap_or_default();
+            if let Some((b, model)) = text.trim().split_once(' ') {
+                if b == boot {
+                    return Model::named(model);
+                }
+            }
+        }
+    }
+    let model = kernel_config().as_deref().and_then(from_config)?;
+    let name = match model {
+        Model::None => "none",
+        Model::Voluntary => "voluntary",
+        Model::Preemptible => "full",
+    };
+    // Best effort: a start without the cache only reads the config again.
+    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    let tmp = format!("{CACHE}.{}", std::process::id());
+    if std::fs::write(&tmp, format!("{boot} {name}\n")).is_ok() && std::fs::rename(&tmp, CACHE).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Some(model)
 }
 
 /// Whether the counters must use atomic adds (the model allows preemption
@@ -108,6 +156,9 @@ mod tests {
             Some(Model::None)
         );
         assert_eq!(from_config("CONFIG_PREEMPT_LAZY=y\n"), Some(Model::Preemptible));
+        assert_eq!(from_config("CONFIG_PREEMPT_NONE=y\nCONFIG_PREEMPT_RT=y\n"), Some(Model::Preemptible));
+        assert_eq!(from_config("CONFIG_PREEMPT_BUILD=y\nCONFIG_PREEMPT_VOLUNTARY=y\n"), Some(Model::Voluntary));
+        assert_eq!(from_config("CONFIG_PREEMPT_COUNT=y\n# CONFIG_PREEMPT is not set\n"), None);
         assert_eq!(from_version("#1 SMP PREEMPT_DYNAMIC Debian 6.12"), None);
         assert_eq!(from_version("#1 SMP PREEMPT_RT Fri"), Some(Model::Preemptible));
         assert_eq!(from_version("#1 SMP PREEMPT Fri"), Some(Model::Preemptible));
