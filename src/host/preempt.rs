@@ -1,6 +1,7 @@
 //! Whether the running kernel can preempt a task inside a BPF program: then
 //! the per-CPU counters' nesting levels (struct cgdrop_stat_cpu) are not
 //! enough to keep them exact, and the programs use atomic adds instead.
+//! The configured model is kept for the boot in /run/cgdrop/kernel-preempt.
 use std::io::Read;
 
 /// The kernel's preemption models, as `preempt=` and debugfs name them.
