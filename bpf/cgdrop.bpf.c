@@ -240,7 +240,21 @@ struct counting {
 	struct cgdrop_stat_cpu *s;
 	__u32 depth;
 	__u32 level;
+	/* shared_level(), decided once by enter(): one test per add, not two loads and two tests. */
+	__u32 shared;
 };
+
+/*
+ * Whether this run's level may be shared (the kernel preempts tasks inside
+ * programs, or the nesting went past the last level): then its adds are atomic.
+ */
+static __always_inline bool shared_level(struct counting *k)
+{
+	/* Two branches, not one on an OR: the verifier drops the first with count_atomic 0. */
+	if (cfg.count_atomic)
+		return true;
+	return k->depth >= CGDROP_LEVELS - 1;
+}
 
 /*
  * Takes the next nesting level of `slot` on this CPU (leave() gives it
@@ -258,6 +272,7 @@ static __always_inline void enter(struct counting *k, __u32 slot)
 	k->depth = k->s->depth;
 	k->s->depth = k->depth + 1;
 	k->level = k->depth < CGDROP_LEVELS ? k->depth : CGDROP_LEVELS - 1;
+	k->shared = shared_level(k);
 }
 
 static __always_inline void leave(struct counting *k)
@@ -266,25 +281,25 @@ static __always_inline void leave(struct counting *k)
 		k->s->depth = k->depth;
 }
 
-/*
- * Adds `n` to a counter of this run's level: a plain add, unless the level
- * may be shared (the kernel preempts tasks inside programs, or the nesting
- * went past the last level).
- */
-static __always_inline bool shared_level(struct counting *k)
-{
-	/* Two branches, not one on an OR: the verifier drops the first with count_atomic 0. */
-	if (cfg.count_atomic)
-		return true;
-	return k->depth >= CGDROP_LEVELS - 1;
-}
-
+/* Adds `n` to a counter of this run's level: a plain add, unless the level may be shared. */
 static __always_inline void count_at(struct counting *k, __u64 *field, __u64 n)
 {
-	if (shared_level(k))
+	if (k->shared)
 		__sync_fetch_and_add(field, n);
 	else
 		*field += n;
+}
+
+/* count_at() of two counters (packets and bytes) on one test. */
+static __always_inline void count_two(struct counting *k, __u64 *a, __u64 n, __u64 *b, __u64 m)
+{
+	if (k->shared) {
+		__sync_fetch_and_add(a, n);
+		__sync_fetch_and_add(b, m);
+	} else {
+		*a += n;
+		*b += m;
+	}
 }
 
 /* The counters of this run (NULL if the map lookup failed, which it cannot for an array). */
@@ -1182,7 +1197,8 @@ static __always_inline bool surely_passes(struct __sk_buff *skb, bool egress)
 	/* First: a policy that drops what no rule matches (drop-all, allow lists) stops here. */
 	if (!unmatched_pass)
 		return false;
-	if (cfg.ifindex || cfg.port || (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND))
+	/* One test of the three (constants to the verifier): a run pays one branch, not three. */
+	if ((cfg.ifindex | cfg.port | (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND)) != 0)
 		return false;
 	if (!has_rules)
 		return true;
@@ -1220,8 +1236,7 @@ static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cg
 	int judged;
 
 	if (c) {
-		count_at(k, &c->packets, segs);
-		count_at(k, &c->bytes, len);
+		count_two(k, &c->packets, segs, &c->bytes, len);
 	}
 	judged = judge(skb, direction == CGDROP_DIR_EGRESS, level);
 	mp->found = (judged & JUDGED_FOUND) != 0;
@@ -1231,8 +1246,7 @@ static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cg
 	if (direction == CGDROP_DIR_EGRESS && closing_socket(skb))
 		return 1;
 	if (c) {
-		count_at(k, &c->dropped_packets, segs);
-		count_at(k, &c->dropped_bytes, len);
+		count_two(k, &c->dropped_packets, segs, &c->dropped_bytes, len);
 	}
 	if (cfg.events_per_cpu)
 		skb_event(skb, slot | (direction == CGDROP_DIR_EGRESS) << 3 |
@@ -1264,8 +1278,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		enter(&k, slot);
 		c = counters(&k);
 		if (c) {
-			count_at(&k, &c->packets, skb->gso_segs ? skb->gso_segs : 1);
-			count_at(&k, &c->bytes, skb->len);
+			count_two(&k, &c->packets, skb->gso_segs ? skb->gso_segs : 1, &c->bytes, skb->len);
 		}
 		leave(&k);
 		return 1;
@@ -1274,7 +1287,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 	m.level = k.level;
 	verdict = skb_decide(skb, slot, direction, &k, &m);
 	if (m.found)
-		count_hit(k.level & (CGDROP_LEVELS - 1), shared_level(&k));
+		count_hit(k.level & (CGDROP_LEVELS - 1), k.shared);
 	leave(&k);
 	return verdict;
 }
@@ -1448,7 +1461,7 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	m.level = k.level;
 	verdict = sock_addr_decide(ctx, slot, family, &k, &m);
 	if (m.found)
-		count_hit(k.level & (CGDROP_LEVELS - 1), shared_level(&k));
+		count_hit(k.level & (CGDROP_LEVELS - 1), k.shared);
 	leave(&k);
 	return verdict;
 }
