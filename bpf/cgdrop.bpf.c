@@ -213,9 +213,11 @@ struct pkt_info {
 	/* The header chain could not be walked to its end: the verdict cannot be decided. */
 	__u8 undecided;
 	__u8 has_ports;
-	/* Where the ports are (the transport header), and whether it is TCP's. */
+	/* What judge() answered (see skb_decide). */
+	int judged;
+	/* Where the ports are (the transport header), and its protocol (set with has_ports). */
 	__u16 l4_off;
-	__u8 is_tcp;
+	__u8 proto;
 };
 
 /* Per nesting level: the packet the level's last judge() parsed (for its event). */
@@ -240,21 +242,13 @@ struct counting {
 	struct cgdrop_stat_cpu *s;
 	__u32 depth;
 	__u32 level;
-	/* shared_level(), decided once by enter(): one test per add, not two loads and two tests. */
+	/*
+	 * 1 when this run's level may be shared (the kernel preempts tasks
+	 * inside programs, or the nesting went past the last level): then its
+	 * adds are atomic. Tested once, by count_run() at the end of the run.
+	 */
 	__u32 shared;
 };
-
-/*
- * Whether this run's level may be shared (the kernel preempts tasks inside
- * programs, or the nesting went past the last level): then its adds are atomic.
- */
-static __always_inline bool shared_level(struct counting *k)
-{
-	/* Two branches, not one on an OR: the verifier drops the first with count_atomic 0. */
-	if (cfg.count_atomic)
-		return true;
-	return k->depth >= CGDROP_LEVELS - 1;
-}
 
 /*
  * Takes the next nesting level of `slot` on this CPU (leave() gives it
@@ -263,43 +257,34 @@ static __always_inline bool shared_level(struct counting *k)
  * take the same level, one after the other, never at once. Beyond the last
  * level (never seen: cgroup programs run in task or softirq context) the
  * last level is shared with atomic adds.
+ *
+ * The last level and `shared` are worked out without a compare: a compare
+ * would split the verifier's walk in two (the last level, a constant, and
+ * the others), and the whole verdict after it was verified twice.
  */
 static __always_inline void enter(struct counting *k, __u32 slot)
 {
+	__u64 depth, over;
+
 	k->s = bpf_map_lookup_elem(&cgdrop_stats, &slot);
 	if (!k->s)
 		return;
-	k->depth = k->s->depth;
-	k->s->depth = k->depth + 1;
-	k->level = k->depth < CGDROP_LEVELS ? k->depth : CGDROP_LEVELS - 1;
-	k->shared = shared_level(k);
+	depth = k->s->depth;
+	k->s->depth = depth + 1;
+	/* depth >= CGDROP_LEVELS - 1, as 0 or 1 (depth < 2^32: no overflow). */
+	over = (depth + ((1ULL << 63) - (CGDROP_LEVELS - 1))) >> 63;
+	/* Keeps clang from turning it back into a compare. */
+	barrier_var(over);
+	k->depth = depth;
+	/* over ? CGDROP_LEVELS - 1 : depth */
+	k->level = depth - ((depth - (CGDROP_LEVELS - 1)) & -over);
+	k->shared = cfg.count_atomic ? 1 : over;
 }
 
 static __always_inline void leave(struct counting *k)
 {
 	if (k->s)
 		k->s->depth = k->depth;
-}
-
-/* Adds `n` to a counter of this run's level: a plain add, unless the level may be shared. */
-static __always_inline void count_at(struct counting *k, __u64 *field, __u64 n)
-{
-	if (k->shared)
-		__sync_fetch_and_add(field, n);
-	else
-		*field += n;
-}
-
-/* count_at() of two counters (packets and bytes) on one test. */
-static __always_inline void count_two(struct counting *k, __u64 *a, __u64 n, __u64 *b, __u64 m)
-{
-	if (k->shared) {
-		__sync_fetch_and_add(a, n);
-		__sync_fetch_and_add(b, m);
-	} else {
-		*a += n;
-		*b += m;
-	}
 }
 
 /* The counters of this run (NULL if the map lookup failed, which it cannot for an array). */
@@ -309,6 +294,40 @@ static __always_inline struct cgdrop_counters *counters(struct counting *k)
 		return NULL;
 	/* Bounded for the verifier; enter() keeps it so. */
 	return &k->s->level[k->level & (CGDROP_LEVELS - 1)];
+}
+
+/*
+ * Counts a run at its level: `n` packets (or calls) and, with `bytes`,
+ * their `len` bytes; the same as dropped when `dropped`. Plain adds, unless
+ * the level may be shared. At the end of the run, with one test of
+ * `shared`: each test of it splits the verifier's walk, and once it is
+ * known, every later test keeps the two walks apart to the end.
+ */
+static __always_inline void count_run(struct counting *k, __u64 n, __u64 len, bool bytes, bool dropped)
+{
+	struct cgdrop_counters *c = counters(k);
+
+	if (!c)
+		return;
+	if (k->shared) {
+		__sync_fetch_and_add(&c->packets, n);
+		if (bytes)
+			__sync_fetch_and_add(&c->bytes, len);
+		if (dropped) {
+			__sync_fetch_and_add(&c->dropped_packets, n);
+			if (bytes)
+				__sync_fetch_and_add(&c->dropped_bytes, len);
+		}
+	} else {
+		c->packets += n;
+		if (bytes)
+			c->bytes += len;
+		if (dropped) {
+			c->dropped_packets += n;
+			if (bytes)
+				c->dropped_bytes += len;
+		}
+	}
 }
 
 /*
@@ -342,6 +361,8 @@ struct decision {
 	__u8 reason;
 	/* A live rule decided: the level's rule_match is it (its hit is counted). */
 	__u8 found;
+	/* Counted as dropped (or, for connect and sendmsg, rejected); dry-run: would be. */
+	__u8 dropped;
 };
 
 /* A matching rule that has not expired: its action; otherwise 0. */
@@ -711,10 +732,37 @@ static __always_inline void read_ports(struct __sk_buff *skb, __u32 off, struct 
 	pkt->l4_off = off;
 }
 
+/*
+ * Bit p % 64 of word p / 64: protocol p starts with the two ports
+ * (proto_ports), is an IPv6 extension header that is walked past
+ * (proto_ext). One load and a shift instead of a chain of compares, for the
+ * verifier: once a compare has made the protocol a known constant, the next
+ * compare of it marks it precise, and then each protocol got its own copy of
+ * the rest of the parse verified (the ports' read was walked ~9 times per
+ * copy). Read with a variable index, these never become constants.
+ */
+const volatile __u64 proto_ports[4] = {
+	1ULL << IPPROTO_TCP | 1ULL << IPPROTO_UDP | 1ULL << PROTO_DCCP,
+	0,
+	1ULL << (PROTO_SCTP - 128) | 1ULL << (PROTO_UDPLITE - 128),
+	0,
+};
+const volatile __u64 proto_ext[4] = {
+	1ULL << NEXTHDR_HOP | 1ULL << NEXTHDR_ROUTING | 1ULL << NEXTHDR_FRAGMENT | 1ULL << NEXTHDR_DEST |
+		1ULL << NEXTHDR_AUTH,
+	0,
+	0,
+	0,
+};
+
+static __always_inline bool proto_bit(const volatile __u64 *words, __u8 proto)
+{
+	return (words[proto >> 6] >> (proto & 63)) & 1;
+}
+
 static __always_inline bool proto_has_ports(__u8 proto)
 {
-	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == PROTO_UDPLITE || proto == PROTO_SCTP ||
-	       proto == PROTO_DCCP;
+	return proto_bit(proto_ports, proto);
 }
 
 static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *pkt, bool egress)
@@ -735,7 +783,7 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct pkt_info *p
 	ihl = ip->ihl;
 	if (ihl < 5)
 		return;
-	pkt->is_tcp = ip->protocol == IPPROTO_TCP;
+	pkt->proto = ip->protocol;
 	read_ports(skb, ihl * 4, pkt);
 }
 
@@ -786,8 +834,7 @@ static __always_inline int read_final(struct __sk_buff *skb, __u32 off, struct p
 /* Whether an IPv6 next header is an extension header that is walked past. */
 static __always_inline bool ipv6_ext(__u8 next)
 {
-	return next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_FRAGMENT || next == NEXTHDR_DEST ||
-	       next == NEXTHDR_AUTH;
+	return proto_bit(proto_ext, next);
 }
 
 /* ipv6_ext_step's answers besides where the next header is. */
@@ -878,7 +925,7 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct pkt_info *p
 		goto undecided;
 	if (!proto_has_ports(next))
 		return;
-	pkt->is_tcp = next == IPPROTO_TCP;
+	pkt->proto = next;
 	read_ports(skb, off, pkt);
 	return;
 undecided:
@@ -1138,7 +1185,7 @@ static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *
 		parse_ipv4(skb, pkt, false);
 	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		parse_ipv6(skb, pkt, false, level);
-	if (!pkt->is_tcp || !pkt->has_ports || bpf_skb_load_bytes(skb, pkt->l4_off + 13, &flags, 1))
+	if (!pkt->has_ports || pkt->proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, pkt->l4_off + 13, &flags, 1))
 		return false;
 	return (flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK);
 }
@@ -1147,21 +1194,17 @@ static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *
  * Steps 1 to 5 of the verdict for a packet: 0 = pass, else the enum
  * cgdrop_reason of the drop; JUDGED_FOUND added when a rule decided. The packet is parsed into the level's cgdrop_pkt.
  */
-static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level)
+static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level, struct pkt_info *pkt)
 {
 	struct decision d = { .level = level & (CGDROP_LEVELS - 1) };
-	struct pkt_info *pkt;
 
 	/*
 	 * Everything in scope, nothing to match the packet against (drop-all):
-	 * the verdict needs no scratch. With events on, the event reads it.
+	 * the verdict needs no parse. With events on, the event reads it.
 	 */
 	if (!cfg.ifindex && !cfg.port && !cfg.events_per_cpu && !(cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) &&
 	    (cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)) && !has_rules)
 		return unmatched_pass ? 0 : CGDROP_REASON_DEFAULT;
-	pkt = bpf_map_lookup_elem(&cgdrop_pkt, &d.level);
-	if (!pkt)
-		return CGDROP_REASON_UNDECIDED;
 	/*
 	 * Not the whole struct: what is read is set by the parsing, behind
 	 * these flags (the addresses only when has_rules, the ports behind
@@ -1171,7 +1214,6 @@ static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level
 	pkt->has_final = 0;
 	pkt->undecided = 0;
 	pkt->has_ports = 0;
-	pkt->is_tcp = 0;
 	if (!egress && (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) && new_inbound(skb, pkt, d.level))
 		return CGDROP_REASON_NEW_INBOUND;
 	if (!(cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)))
@@ -1226,28 +1268,34 @@ static __always_inline bool surely_passes(struct __sk_buff *skb, bool egress)
 
 /* The cgroup_skb verdict (as skb_verdict), with how it was decided in *mp. */
 static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction,
-				      struct counting *k, struct decision *mp)
+				      struct decision *mp)
 {
-	struct cgdrop_counters *c = counters(k);
-	/* A GSO packet stands for gso_segs packets on the wire. */
-	__u64 segs = skb->gso_segs ? skb->gso_segs : 1;
-	__u64 len = skb->len;
-	__u32 level = k->level & (CGDROP_LEVELS - 1);
+	__u32 level = mp->level & (CGDROP_LEVELS - 1);
+	struct pkt_info *pkt;
 	int judged;
 
-	if (c) {
-		count_two(k, &c->packets, segs, &c->bytes, len);
+	pkt = bpf_map_lookup_elem(&cgdrop_pkt, &level);
+	/* Never: an array's lookup below its size does not fail. Dropped, as undecided. */
+	if (!pkt) {
+		mp->dropped = 1;
+		return 0;
 	}
-	judged = judge(skb, direction == CGDROP_DIR_EGRESS, level);
+	/*
+	 * Through memory: judge()'s answers are constants on its many paths,
+	 * and a constant that is tested is made precise, so each path had the
+	 * rest of the verdict (events, counting, the hit) verified again. Read
+	 * back, the answer is a value the verifier does not know, and the paths
+	 * are one after the store.
+	 */
+	*(volatile int *)&pkt->judged = judge(skb, direction == CGDROP_DIR_EGRESS, level, pkt);
+	judged = *(volatile int *)&pkt->judged;
 	mp->found = (judged & JUDGED_FOUND) != 0;
 	mp->reason = judged & 0xff;
 	if (!mp->reason)
 		return 1;
 	if (direction == CGDROP_DIR_EGRESS && closing_socket(skb))
 		return 1;
-	if (c) {
-		count_two(k, &c->dropped_packets, segs, &c->dropped_bytes, len);
-	}
+	mp->dropped = 1;
 	if (cfg.events_per_cpu)
 		skb_event(skb, slot | (direction == CGDROP_DIR_EGRESS) << 3 |
 				       ((cfg.modes & CGDROP_MODE_DRY_RUN) ? CGDROP_VERDICT_WOULD_DROP : CGDROP_VERDICT_DROPPED)
@@ -1265,10 +1313,15 @@ static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cg
 	return 0;
 }
 
+/* The packets a run stands for: a GSO packet stands for gso_segs packets on the wire. */
+static __always_inline __u64 skb_segs(struct __sk_buff *skb)
+{
+	return skb->gso_segs ? skb->gso_segs : 1;
+}
+
 /* Returns the cgroup_skb verdict: 1 pass, 0 drop; 2 (egress) drop without an error for the sender. */
 static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction)
 {
-	struct cgdrop_counters *c;
 	struct decision m = {};
 	struct counting k = {};
 	int verdict;
@@ -1276,16 +1329,15 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 	/* Apart from the full verdict, so that its code stays short and straight. */
 	if (surely_passes(skb, direction == CGDROP_DIR_EGRESS)) {
 		enter(&k, slot);
-		c = counters(&k);
-		if (c) {
-			count_two(&k, &c->packets, skb->gso_segs ? skb->gso_segs : 1, &c->bytes, skb->len);
-		}
+		count_run(&k, skb_segs(skb), skb->len, true, false);
 		leave(&k);
 		return 1;
 	}
 	enter(&k, slot);
 	m.level = k.level;
-	verdict = skb_decide(skb, slot, direction, &k, &m);
+	verdict = skb_decide(skb, slot, direction, &m);
+	/* Read here, not kept through the verdict (where the verifier would carry them). */
+	count_run(&k, skb_segs(skb), skb->len, true, m.dropped);
 	if (m.found)
 		count_hit(k.level & (CGDROP_LEVELS - 1), k.shared);
 	leave(&k);
@@ -1399,12 +1451,9 @@ __noinline int sock_event6(struct bpf_sock_addr *ctx, __u32 packed)
 static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, struct counting *k,
 					    struct decision *mp)
 {
-	struct cgdrop_counters *c = counters(k);
 	__u16 remote_port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 ip6[4];
 
-	if (c)
-		count_at(k, &c->packets, 1);
 	/* Checked here too: the verifier then never sees the ctx->sk read with events off. */
 	if (cfg.events_per_cpu)
 		record_owner(ctx->sk);
@@ -1433,8 +1482,7 @@ static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slo
 		if (!policy_drops(6, (__u8 *)ip6, remote_port, mp))
 			return 1;
 	}
-	if (c)
-		count_at(k, &c->dropped_packets, 1);
+	mp->dropped = 1;
 	if (cfg.events_per_cpu) {
 		__u32 packed = slot | mp->reason << 8 | (mp->level & (CGDROP_LEVELS - 1)) << 16;
 
@@ -1460,6 +1508,7 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	enter(&k, slot);
 	m.level = k.level;
 	verdict = sock_addr_decide(ctx, slot, family, &k, &m);
+	count_run(&k, 1, 0, false, m.dropped);
 	if (m.found)
 		count_hit(k.level & (CGDROP_LEVELS - 1), k.shared);
 	leave(&k);
