@@ -149,8 +149,10 @@ pub fn startup() -> Result<String> {
     }
     let progs = verifier_times()?;
     let total: u64 = progs.iter().map(|p| p.1).sum();
-    // Some programs load on the other CPU (kernel::loader::Loaded).
-    let on_the_side = |name: &str| Hook::ALL.iter().any(|h| h.loads_aside() && name == format!("cgdrop_{}", h.name()));
+    // Some programs load on the other CPU (kernel::loader::Loaded): those of
+    // this policy's hooks (both directions, events on) that Hook::aside picks.
+    let side_hooks = Hook::aside(&Hook::wanted(true, true, false, true));
+    let on_the_side = |name: &str| side_hooks.iter().any(|h| name == format!("cgdrop_{}", h.name()));
     let aside: u64 = progs.iter().filter(|p| on_the_side(&p.0)).map(|p| p.1).sum();
     let side_names: Vec<&str> = progs.iter().filter(|p| on_the_side(&p.0)).map(|p| p.0.as_str()).collect();
     let each: Vec<String> =

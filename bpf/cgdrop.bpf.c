@@ -213,8 +213,8 @@ struct pkt_info {
 	/* The header chain could not be walked to its end: the verdict cannot be decided. */
 	__u8 undecided;
 	__u8 has_ports;
-	/* What judge() answered (see skb_decide). */
-	int judged;
+	/* A value the verifier must forget (see forget_in). */
+	__u32 scratch;
 	/* Where the ports are (the transport header), and its protocol (set with has_ports). */
 	__u16 l4_off;
 	__u8 proto;
@@ -328,6 +328,37 @@ static __always_inline void count_run(struct counting *k, __u64 n, __u64 len, bo
 				c->dropped_bytes += len;
 		}
 	}
+}
+
+/*
+ * `v`, as a value the verifier does not know. The verdict's many paths end
+ * in a few constants (an answer, whether a rule decided, ...), and a
+ * constant that is tested is made precise: the verifier then walked what
+ * follows (events, counting, the hit) once for each of them. Read back from
+ * memory it does not track, it is unknown, and the paths are one from
+ * there. Volatile: clang would see through it.
+ *
+ * forget_in() goes through the run's level of a per-CPU map (as the rest
+ * of the run's scratch): only a run at the same level on this CPU could
+ * write it in between, which the levels rule out (struct cgdrop_stat_cpu).
+ * forget() goes through two stack slots that both hold `v`, one chosen by
+ * `any` (any value; a read at a variable offset is unknown to the
+ * verifier): for the connect and sendmsg programs, which have no scratch
+ * of their own, and where it merges more (a map's would cost a lookup).
+ */
+static __always_inline __u32 forget_in(volatile __u32 *slot, __u32 v)
+{
+	*slot = v;
+	return *slot;
+}
+
+static __always_inline __u32 forget(__u32 v, __u32 any)
+{
+	volatile __u32 slots[2];
+
+	slots[0] = v;
+	slots[1] = v;
+	return slots[any & 1];
 }
 
 /*
@@ -987,7 +1018,8 @@ static __always_inline bool skb_drops(struct __sk_buff *skb, bool egress, struct
 	/* Packets without ports (ICMP, non-first fragments, unparsable) never match a port. */
 	if (cfg.port && !(pkt->has_ports && (in_port_range(pkt->sport) || in_port_range(pkt->dport))))
 		return false;
-	port = pkt->has_ports ? (egress ? pkt->dport : pkt->sport) : 0;
+	/* 0 without ports (judge() clears them): no test the verifier would split its walk on. */
+	port = egress ? pkt->dport : pkt->sport;
 	if (pkt->has_final) {
 		judged = final_drops(port | m->level << 16);
 		if (judged) {
@@ -1084,7 +1116,12 @@ static __always_inline void event_rule(struct cgdrop_event *ev, struct decision 
 __noinline int skb_event(struct __sk_buff *skb, __u32 packed)
 {
 	struct decision d = { .level = (packed >> 16) & (CGDROP_LEVELS - 1), .reason = (packed >> 8) & 0xff };
-	bool egress = packed & (1 << 3);
+	/*
+	 * 1 for egress (the local address and port are the source's). Used as
+	 * an index, not tested: each test of it split the verifier's walk of
+	 * the rest in two.
+	 */
+	__u32 e = (packed >> 3) & 1;
 	struct pkt_info *pkt = bpf_map_lookup_elem(&cgdrop_pkt, &d.level);
 	struct cgdrop_event *ev;
 	struct cgdrop_owner *o;
@@ -1104,10 +1141,14 @@ __noinline int skb_event(struct __sk_buff *skb, __u32 packed)
 		struct iphdr ip;
 
 		if (!bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip))) {
+			const __u32 *w = (const __u32 *)&ip;
+			/* The source is word 3, the destination word 4. */
+			__u32 local = w[4 - e], remote = w[3 + e];
+
 			ev->family = 4;
 			ev->proto = ip.protocol;
-			__builtin_memcpy(ev->local, egress ? &ip.saddr : &ip.daddr, 4);
-			__builtin_memcpy(ev->remote, egress ? &ip.daddr : &ip.saddr, 4);
+			__builtin_memcpy(ev->local, &local, 4);
+			__builtin_memcpy(ev->remote, &remote, 4);
 			if (!(ip.frag_off & bpf_htons(IP_OFFSET_MASK)))
 				l4 = ip.ihl * 4;
 		}
@@ -1115,10 +1156,15 @@ __noinline int skb_event(struct __sk_buff *skb, __u32 packed)
 		struct ipv6hdr ip6;
 
 		if (!bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6))) {
+			const __u32 *w = (const __u32 *)&ip6;
+			/* The source is words 2 to 5, the destination words 6 to 9. */
+			__u32 local[4] = { w[6 - 4 * e], w[7 - 4 * e], w[8 - 4 * e], w[9 - 4 * e] };
+			__u32 remote[4] = { w[2 + 4 * e], w[3 + 4 * e], w[4 + 4 * e], w[5 + 4 * e] };
+
 			ev->family = 6;
 			ev->proto = ip6.nexthdr;
-			__builtin_memcpy(ev->local, egress ? &ip6.saddr : &ip6.daddr, 16);
-			__builtin_memcpy(ev->remote, egress ? &ip6.daddr : &ip6.saddr, 16);
+			__builtin_memcpy(ev->local, local, 16);
+			__builtin_memcpy(ev->remote, remote, 16);
 			l4 = sizeof(ip6);
 		}
 	}
@@ -1126,8 +1172,11 @@ __noinline int skb_event(struct __sk_buff *skb, __u32 packed)
 	if (!pkt->has_ports && l4 && proto_has_ports(ev->proto))
 		read_ports(skb, l4, pkt);
 	if (pkt->has_ports) {
-		ev->local_port = egress ? pkt->sport : pkt->dport;
-		ev->remote_port = egress ? pkt->dport : pkt->sport;
+		/* sport, then dport. */
+		const __u16 *ports = &pkt->sport;
+
+		ev->local_port = ports[1 - e];
+		ev->remote_port = ports[e];
 	}
 	sk = skb->sk;
 	if (sk)
@@ -1214,6 +1263,8 @@ static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level
 	pkt->has_final = 0;
 	pkt->undecided = 0;
 	pkt->has_ports = 0;
+	pkt->sport = 0;
+	pkt->dport = 0;
 	if (!egress && (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) && new_inbound(skb, pkt, d.level))
 		return CGDROP_REASON_NEW_INBOUND;
 	if (!(cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)))
@@ -1266,29 +1317,30 @@ static __always_inline bool surely_passes(struct __sk_buff *skb, bool egress)
 	return false;
 }
 
-/* The cgroup_skb verdict (as skb_verdict), with how it was decided in *mp. */
+/*
+ * Drop-all without events: everything in scope, nothing to match a packet
+ * against, no rule, and what no rule matches is dropped. The verdict needs
+ * neither the packet nor the scratch (skb_decide decides the same).
+ */
+static __always_inline bool drops_all(bool egress)
+{
+	if (cfg.ifindex || cfg.port || cfg.events_per_cpu || (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) ||
+	    !(cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)))
+		return false;
+	return !has_rules && !unmatched_pass;
+}
+
+/*
+ * The cgroup_skb verdict (as skb_verdict), with how it was decided in *mp;
+ * `pkt` is the level's cgdrop_pkt.
+ */
 static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cgdrop_direction direction,
-				      struct decision *mp)
+				      struct pkt_info *pkt, struct decision *mp)
 {
 	__u32 level = mp->level & (CGDROP_LEVELS - 1);
-	struct pkt_info *pkt;
 	int judged;
 
-	pkt = bpf_map_lookup_elem(&cgdrop_pkt, &level);
-	/* Never: an array's lookup below its size does not fail. Dropped, as undecided. */
-	if (!pkt) {
-		mp->dropped = 1;
-		return 0;
-	}
-	/*
-	 * Through memory: judge()'s answers are constants on its many paths,
-	 * and a constant that is tested is made precise, so each path had the
-	 * rest of the verdict (events, counting, the hit) verified again. Read
-	 * back, the answer is a value the verifier does not know, and the paths
-	 * are one after the store.
-	 */
-	*(volatile int *)&pkt->judged = judge(skb, direction == CGDROP_DIR_EGRESS, level, pkt);
-	judged = *(volatile int *)&pkt->judged;
+	judged = forget_in(&pkt->scratch, judge(skb, direction == CGDROP_DIR_EGRESS, level, pkt));
 	mp->found = (judged & JUDGED_FOUND) != 0;
 	mp->reason = judged & 0xff;
 	if (!mp->reason)
@@ -1324,6 +1376,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 {
 	struct decision m = {};
 	struct counting k = {};
+	struct pkt_info *pkt;
 	int verdict;
 
 	/* Apart from the full verdict, so that its code stays short and straight. */
@@ -1333,15 +1386,40 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		leave(&k);
 		return 1;
 	}
+	/* The other short case: everything in scope is dropped (as skb_decide would). */
+	if (drops_all(direction == CGDROP_DIR_EGRESS)) {
+		/* The reset of a socket that --kill-existing closes goes out. */
+		bool closing = direction == CGDROP_DIR_EGRESS && closing_socket(skb);
+
+		enter(&k, slot);
+		count_run(&k, skb_segs(skb), skb->len, true, !closing);
+		leave(&k);
+		if (closing || (cfg.modes & CGDROP_MODE_DRY_RUN))
+			return 1;
+		return (cfg.modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS ? 2 : 0;
+	}
 	enter(&k, slot);
-	m.level = k.level;
-	verdict = skb_decide(skb, slot, direction, &m);
+	m.level = k.level & (CGDROP_LEVELS - 1);
+	pkt = bpf_map_lookup_elem(&cgdrop_pkt, &m.level);
+	/* Never: an array's lookup below its size does not fail. Dropped, as undecided. */
+	if (!pkt) {
+		count_run(&k, skb_segs(skb), skb->len, true, true);
+		leave(&k);
+		return 0;
+	}
+	verdict = skb_decide(skb, slot, direction, pkt, &m);
+	verdict = forget_in(&pkt->scratch, verdict | m.dropped << 8 | m.found << 9);
 	/* Read here, not kept through the verdict (where the verifier would carry them). */
-	count_run(&k, skb_segs(skb), skb->len, true, m.dropped);
-	if (m.found)
-		count_hit(k.level & (CGDROP_LEVELS - 1), k.shared);
+	count_run(&k, skb_segs(skb), skb->len, true, verdict & (1 << 8));
+	if (verdict & (1 << 9))
+		count_hit(m.level, k.shared);
 	leave(&k);
-	return verdict;
+	/*
+	 * 0 or 1; 2 only from a silent egress (see skb_decide): a range the
+	 * verifier accepts for any cgroup_skb program without it (bpftool
+	 * loads this object with no attach type, where only 0 and 1 are).
+	 */
+	return verdict & ((cfg.modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS ? 3 : 1);
 }
 
 SEC("cgroup_skb/ingress")
@@ -1448,8 +1526,7 @@ __noinline int sock_event6(struct bpf_sock_addr *ctx, __u32 packed)
  * programs would drop: a TCP handshake fails if either direction is dropped;
  * a UDP connect() or sendmsg() only matters when egress is dropped.
  */
-static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, struct counting *k,
-					    struct decision *mp)
+static __always_inline int sock_addr_decide(struct bpf_sock_addr *ctx, __u32 slot, __u8 family, struct decision *mp)
 {
 	__u16 remote_port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 ip6[4];
@@ -1506,13 +1583,14 @@ static __always_inline int sock_addr_verdict(struct bpf_sock_addr *ctx, __u32 sl
 	int verdict;
 
 	enter(&k, slot);
-	m.level = k.level;
-	verdict = sock_addr_decide(ctx, slot, family, &k, &m);
-	count_run(&k, 1, 0, false, m.dropped);
-	if (m.found)
-		count_hit(k.level & (CGDROP_LEVELS - 1), k.shared);
+	m.level = k.level & (CGDROP_LEVELS - 1);
+	verdict = sock_addr_decide(ctx, slot, family, &m);
+	verdict = forget(verdict | m.dropped << 8 | m.found << 9, k.depth);
+	count_run(&k, 1, 0, false, verdict & (1 << 8));
+	if (verdict & (1 << 9))
+		count_hit(m.level, k.shared);
 	leave(&k);
-	return verdict;
+	return verdict & 1;
 }
 
 SEC("cgroup/connect4")
