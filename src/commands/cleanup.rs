@@ -45,6 +45,7 @@ pub fn stale() -> Result<usize> {
         bpffs::recover(&root)?;
     }
     let mut done = 0;
+    runs::remove_stale_pinning();
     for found in runs::list() {
         let Some(info) = &found.info else {
             // Killed before `info` was pinned: no link was pinned either.
@@ -59,9 +60,16 @@ pub fn stale() -> Result<usize> {
             done += 1;
             continue;
         }
-        let Some(cg) = Cgroup::adopt(path, Some(found.id))? else { continue };
-        finish(cg, || found.remove())?;
-        done += 1;
+        let cg = match Cgroup::adopt(path, Some(found.id)) {
+            Ok(Some(cg)) => cg,
+            Ok(None) => continue,
+            // Removed since the check above (its run ended): the next sweep drops the pins.
+            Err(_) if !path.exists() => continue,
+            Err(e) => return Err(e),
+        };
+        if finish_unless_gone(cg, || found.remove())? {
+            done += 1;
+        }
     }
     let root = cgroup::cgroup2_root()?;
     for entry in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))?.flatten() {
@@ -70,10 +78,23 @@ pub fn stale() -> Result<usize> {
         }
         // Another cleanup may have removed it meanwhile.
         let Ok(Some(cg)) = Cgroup::adopt(&entry.path(), None) else { continue };
-        finish(cg, || Ok(()))?;
-        done += 1;
+        if finish_unless_gone(cg, || Ok(()))? {
+            done += 1;
+        }
     }
     Ok(done)
+}
+
+/// `finish`, except that a cgroup removed while it works (by the `run` that
+/// made it, ending, or by another cleanup) is not an error: there is nothing
+/// left to do. Returns whether it removed the cgroup itself.
+fn finish_unless_gone(cg: Cgroup, detach: impl FnOnce() -> Result<()>) -> Result<bool> {
+    let path = cg.path.clone();
+    match finish(cg, detach) {
+        Ok(()) => Ok(true),
+        Err(_) if !path.exists() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Empties an abandoned cgroup under the policy its pins keep, then detaches and removes it.

@@ -97,8 +97,9 @@ impl Default for Objects {
 
 /// A loaded policy: the skeleton with every map and some of the programs,
 /// and a second instance of the object that loaded the others at the same
-/// time on another CPU (the verifier takes ~45 ms of CPU in a start, one
-/// program after the other within an object), sharing every map of the
+/// time on another CPU (the verifier takes ~20 ms of CPU in a start on the
+/// development VM, one program after the other within an object; see
+/// `Hook::aside` for the split), sharing every map of the
 /// first. Derefs to the first (its maps); `Hook::program` finds a hook's
 /// program, wherever it was loaded.
 pub struct Loaded<'obj> {
@@ -123,7 +124,7 @@ impl<'obj> std::ops::DerefMut for Loaded<'obj> {
 
 /// Opens the BPF object, configures it for `policy` through rodata and loads
 /// the programs of the hooks the policy attaches to (each program the
-/// verifier does not have to see is 0.1–16 ms less start-up).
+/// verifier does not have to see is 0.1–7 ms less CPU in a start).
 pub fn load<'obj>(policy: &Policy, objects: &'obj mut Objects) -> Result<Loaded<'obj>> {
     load_programs(policy, objects, &Hook::for_policy(policy))
 }
@@ -170,8 +171,68 @@ unsafe impl<T> Send for OnAnotherThread<T> {}
 
 /// As `load`, with the programs of `hooks` (`pin --programs` pins them all).
 pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &[Hook]) -> Result<Loaded<'obj>> {
-    let mut open = CgdropSkelBuilder::default().open(&mut objects.main).context("opening the BPF object")?;
     let side_hooks = Hook::aside(hooks);
+    let Objects { main, side } = objects;
+    if side_hooks.is_empty() {
+        let open = open_main(policy, main, hooks, &side_hooks)?;
+        return Ok(Loaded { skel: open.load().map_err(refused)?, side: None, aside: side_hooks });
+    }
+    // The second instance is opened (libbpf parses the object again, ~0.7
+    // ms) on its thread while this one opens and prepares the first; it then
+    // waits for the first's maps, shares them, and loads its programs.
+    let (maps_tx, maps_rx) = std::sync::mpsc::channel::<Vec<(String, i32)>>();
+    let (shared_tx, shared_rx) = std::sync::mpsc::channel::<()>();
+    let side = OnAnotherThread(side);
+    let aside_hooks = side_hooks.clone();
+    std::thread::scope(|scope| {
+        let aside = scope.spawn(move || {
+            // The wrapper whole (a closure would capture only its field).
+            let side = side;
+            OnAnotherThread(load_side(side.0, &aside_hooks, &maps_rx, shared_tx))
+        });
+        let main = open_main(policy, main, hooks, &side_hooks).and_then(|mut open| {
+            // The maps first (libbpf's prepare step: created, rodata written
+            // and frozen), so that the side instance can share them before
+            // either loads.
+            let obj = open.open_object_mut().as_libbpf_object();
+            // SAFETY: a valid, opened and not yet loaded bpf_object, owned by `open`.
+            let rc = unsafe { libbpf_rs::libbpf_sys::bpf_object__prepare(obj.as_ptr()) };
+            if rc != 0 {
+                return Err(refused(std::io::Error::from_raw_os_error(-rc)));
+            }
+            let fds: Vec<(String, i32)> = open
+                .open_object_mut()
+                .maps_mut()
+                .map(|m| {
+                    // SAFETY: a map of the prepared object above: its fd is valid while `open` lives.
+                    let fd = unsafe { libbpf_rs::libbpf_sys::bpf_map__fd(m.as_libbpf_object().as_ptr()) };
+                    (m.name().to_string_lossy().into_owned(), fd)
+                })
+                .collect();
+            let _ = maps_tx.send(fds);
+            // Until the side instance has its own copies (or gave up): a
+            // failed load below closes these fds, whose numbers could then be
+            // reused under it.
+            let _ = shared_rx.recv();
+            open.load().map_err(refused)
+        });
+        // On an error above, the side thread finds the channel closed.
+        drop(maps_tx);
+        let side = aside.join().map_err(|_| anyhow!("loading the BPF programs: the loading thread panicked"))?.0;
+        let main = main?;
+        Ok(Loaded { skel: main, side: Some(side?), aside: side_hooks })
+    })
+}
+
+/// Opens the first instance of the object, configured for `policy`, with
+/// the programs of `hooks` but those of `side_hooks` set to load.
+fn open_main<'obj>(
+    policy: &Policy,
+    object: &'obj mut MaybeUninit<OpenObject>,
+    hooks: &[Hook],
+    side_hooks: &[Hook],
+) -> Result<OpenCgdropSkel<'obj>> {
+    let mut open = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
     for hook in Hook::ALL {
         set_autoload(&mut open, hook, hooks.contains(&hook) && !side_hooks.contains(&hook));
     }
@@ -185,51 +246,37 @@ pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &
         open.progs.cgdrop_selftest.set_autoload(true);
     }
     verifier_stats(&mut open);
-    if side_hooks.is_empty() {
-        return Ok(Loaded { skel: open.load().map_err(refused)?, side: None, aside: side_hooks });
-    }
-    // The maps first (libbpf's prepare step: created, rodata written and
-    // frozen), so that the side instance can share them before either loads.
-    let obj = open.open_object_mut().as_libbpf_object();
-    // SAFETY: a valid, opened and not yet loaded bpf_object, owned by `open`.
-    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_object__prepare(obj.as_ptr()) };
-    if rc != 0 {
-        return Err(refused(std::io::Error::from_raw_os_error(-rc)));
-    }
-    let mut side = CgdropSkelBuilder::default().open(&mut objects.side).context("opening the BPF object")?;
+    Ok(open)
+}
+
+/// The second instance (on its own thread): opened, then, once the first
+/// has made the maps (`maps`: each map's name and fd), sharing every one of
+/// them, and loading the programs of `hooks`.
+fn load_side<'obj>(
+    object: &'obj mut MaybeUninit<OpenObject>,
+    hooks: &[Hook],
+    maps: &std::sync::mpsc::Receiver<Vec<(String, i32)>>,
+    shared: std::sync::mpsc::Sender<()>,
+) -> Result<CgdropSkel<'obj>> {
+    let mut side = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
     for hook in Hook::ALL {
-        set_autoload(&mut side, hook, side_hooks.contains(&hook));
+        set_autoload(&mut side, hook, hooks.contains(&hook));
     }
-    let fds: Vec<(String, i32)> = open
-        .open_object_mut()
-        .maps_mut()
-        .map(|m| {
-            // SAFETY: a map of the prepared object above: its fd is valid while `open` lives.
-            let fd = unsafe { libbpf_rs::libbpf_sys::bpf_map__fd(m.as_libbpf_object().as_ptr()) };
-            (m.name().to_string_lossy().into_owned(), fd)
-        })
-        .collect();
+    verifier_stats(&mut side);
+    // Closed without a message: the first instance failed (its error is the one reported).
+    let fds = maps.recv().map_err(|_| anyhow!("the first instance of the BPF object was not loaded"))?;
     for mut m in side.open_object_mut().maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
         let &(_, fd) =
             fds.iter().find(|(n, _)| *n == name).with_context(|| format!("map {name} of the second instance"))?;
-        // SAFETY: fd belongs to `open`, which outlives this call (reuse_fd dups it).
+        // SAFETY: fd belongs to the first instance, which waits for `shared`
+        // before it loads (or fails and closes it); reuse_fd dups it.
         m.reuse_fd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
             .with_context(|| format!("sharing map {name}"))?;
     }
-    verifier_stats(&mut side);
-    let side = OnAnotherThread(side);
-    let (main, side) = std::thread::scope(|scope| {
-        let aside = scope.spawn(move || {
-            // The wrapper whole (a closure would capture only its field).
-            let side = side;
-            OnAnotherThread(side.0.load())
-        });
-        let main = open.load();
-        (main, aside.join().map(|r| r.0))
-    });
-    let side = side.map_err(|_| anyhow!("loading the connect/sendmsg programs: the loading thread panicked"))?;
-    Ok(Loaded { skel: main.map_err(refused)?, side: Some(side.map_err(refused)?), aside: side_hooks })
+    // (Dropped on every return above too: the first instance then goes on.)
+    drop(shared);
+    side.load().map_err(refused)
 }
 
 /// A cgroup hook cgdrop attaches to, and the program it attaches there.

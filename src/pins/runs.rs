@@ -22,6 +22,15 @@ use crate::{
     },
 };
 
+/// The name of a session's pin directory while its `info` is pinned, before
+/// the id (not a number: `list` passes it by; `stale_pinning` removes those
+/// of killed sessions).
+const PINNING: &str = "pinning-";
+
+/// How old a `PINNING` directory must be to be a killed session's: pinning
+/// `info` takes well under a millisecond.
+const PINNING_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `/sys/fs/bpf/cgdrop/runs`.
 pub fn runs_dir() -> PathBuf {
     bpffs::cgdrop_root().join("runs")
@@ -35,27 +44,41 @@ pub struct RunPins {
 
 impl RunPins {
     /// Pins `info` first (so that any pin directory names its cgroup), then
-    /// every link.
+    /// every link. `info` is pinned in a directory of its own
+    /// (`pinning-<id>`; bpffs allows no dot in a name), renamed into place
+    /// once it holds it: a cleanup running meanwhile (every command starts
+    /// with one) takes a `<id>` without `info` for the leftover of a cgdrop
+    /// killed while pinning, and removes it.
     pub fn pin(skel: &mut CgdropSkel<'_>, links: &mut [(Hook, Link)], cgroup: &Cgroup) -> Result<Self> {
         bpffs::prepare_root()?;
         let dir = runs_dir().join(cgroup.id.to_string());
-        if dir.exists() {
-            // A cgroup id is an inode number: one of a cgroup long gone can come back.
-            fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
+        let making = runs_dir().join(format!("{PINNING}{}", cgroup.id));
+        for old in [&dir, &making] {
+            if old.exists() {
+                // A cgroup id is an inode number: one of a cgroup long gone can come back.
+                fs::remove_dir_all(old).with_context(|| format!("removing the stale {}", old.display()))?;
+            }
         }
         // `runs` too, if missing: the end of another session may just have removed it.
         let mut made = Ok(());
         for _ in 0..3 {
-            made = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+            made = fs::DirBuilder::new().recursive(true).mode(0o700).create(&making);
             if made.is_ok() {
                 break;
             }
         }
-        made.with_context(|| format!("creating {}", dir.display()))?;
-        let me = Self { dir };
+        made.with_context(|| format!("creating {}", making.display()))?;
         write_info(skel, cgroup, "", "", None)?;
-        let info = me.dir.join("info");
-        skel.maps.cgdrop_info.pin(&info).with_context(|| format!("pinning map {}", info.display()))?;
+        let info = making.join("info");
+        let pinned = skel.maps.cgdrop_info.pin(&info).with_context(|| format!("pinning map {}", info.display()));
+        let renamed = pinned.and_then(|()| {
+            fs::rename(&making, &dir).with_context(|| format!("renaming {} to {}", making.display(), dir.display()))
+        });
+        if let Err(e) = renamed {
+            let _ = fs::remove_dir_all(&making);
+            return Err(e);
+        }
+        let me = Self { dir };
         for (hook, link) in links.iter_mut() {
             let path = link_path(&me.dir, *hook);
             link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
@@ -95,6 +118,18 @@ impl Found {
         remove(&self.dir)?;
         let _ = fs::remove_dir(runs_dir());
         Ok(())
+    }
+}
+
+/// Removes the `PINNING` directories of sessions killed while they pinned
+/// `info` (older than a minute: a live session renames its own at once).
+pub fn remove_stale_pinning() {
+    let Ok(entries) = fs::read_dir(runs_dir()) else { return };
+    for e in entries.flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if e.file_name().to_string_lossy().starts_with(PINNING) && old.is_some_and(|age| age > PINNING_STALE_AFTER) {
+            let _ = remove(&e.path());
+        }
     }
 }
 
