@@ -6,7 +6,10 @@
 //! the cgroup, then removes these pins and the cgroup.
 use std::{
     fs,
-    os::unix::fs::DirBuilderExt,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{DirBuilderExt, MetadataExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -23,13 +26,37 @@ use crate::{
 };
 
 /// The name of a session's pin directory while its `info` is pinned, before
-/// the id (not a number: `list` passes it by; `stale_pinning` removes those
-/// of killed sessions).
+/// the id (not a number: `list` passes it by). Its maker holds a lock on it
+/// (flock) until it is renamed; `remove_stale_pinning` removes those that
+/// nobody holds (their cgdrop was killed).
 const PINNING: &str = "pinning-";
 
-/// How old a `PINNING` directory must be to be a killed session's: pinning
-/// `info` takes well under a millisecond.
-const PINNING_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// Makes `dir` (and `runs`, if missing: the end of another session may just
+/// have removed it) and locks it. A sweep may remove it between the two: then
+/// again (a sweep holds the lock only while it removes).
+fn make_locked(dir: &Path) -> Result<fs::File> {
+    let mut last = None;
+    for _ in 0..5 {
+        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+            last = Some(anyhow::Error::new(e).context(format!("creating {}", dir.display())));
+            continue;
+        }
+        let Ok(f) = fs::File::open(dir) else { continue };
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { nix::libc::flock(f.as_raw_fd(), nix::libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
+        }
+        // Still the directory we locked (not removed, or removed and made again).
+        let same = match (fs::metadata(dir), f.metadata()) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            return Ok(f);
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{} kept being removed while it was made", dir.display())))
+}
 
 /// `/sys/fs/bpf/cgdrop/runs`.
 pub fn runs_dir() -> PathBuf {
@@ -59,15 +86,8 @@ impl RunPins {
                 fs::remove_dir_all(old).with_context(|| format!("removing the stale {}", old.display()))?;
             }
         }
-        // `runs` too, if missing: the end of another session may just have removed it.
-        let mut made = Ok(());
-        for _ in 0..3 {
-            made = fs::DirBuilder::new().recursive(true).mode(0o700).create(&making);
-            if made.is_ok() {
-                break;
-            }
-        }
-        made.with_context(|| format!("creating {}", making.display()))?;
+        // Held until `making` is renamed: a sweep leaves a locked one alone.
+        let _lock = make_locked(&making)?;
         write_info(skel, cgroup, "", "", None)?;
         let info = making.join("info");
         let pinned = skel.maps.cgdrop_info.pin(&info).with_context(|| format!("pinning map {}", info.display()));
@@ -122,12 +142,17 @@ impl Found {
 }
 
 /// Removes the `PINNING` directories of sessions killed while they pinned
-/// `info` (older than a minute: a live session renames its own at once).
+/// `info` (no link is pinned there yet): those whose lock nobody holds.
 pub fn remove_stale_pinning() {
     let Ok(entries) = fs::read_dir(runs_dir()) else { return };
     for e in entries.flatten() {
-        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        if e.file_name().to_string_lossy().starts_with(PINNING) && old.is_some_and(|age| age > PINNING_STALE_AFTER) {
+        if !e.file_name().to_string_lossy().starts_with(PINNING) {
+            continue;
+        }
+        let Ok(f) = fs::File::open(e.path()) else { continue };
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { nix::libc::flock(f.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) } == 0 {
+            // Removed under the lock: its maker, if it comes back to it, sees it gone and makes another.
             let _ = remove(&e.path());
         }
     }
