@@ -344,7 +344,9 @@ static __always_inline void count_run(struct counting *k, __u64 n, __u64 len, bo
  * forget() goes through two stack slots that both hold `v`, one chosen by
  * `any` (any value; a read at a variable offset is unknown to the
  * verifier): for the connect and sendmsg programs, which have no scratch
- * of their own, and where it merges more (a map's would cost a lookup).
+ * of their own (a map's would cost a lookup). Not for the skb programs:
+ * there it merged less (the read makes its index precise: ingress walked
+ * 4,197 instructions against 3,775 through the scratch).
  */
 static __always_inline __u32 forget_in(volatile __u32 *slot, __u32 v)
 {
@@ -1240,6 +1242,18 @@ static __always_inline bool new_inbound(struct __sk_buff *skb, struct pkt_info *
 }
 
 /*
+ * Events off, everything in this direction in scope and no rule: the
+ * verdict is what no rule matches gets, whatever the packet.
+ */
+static __always_inline bool nothing_to_match(bool egress)
+{
+	if (cfg.ifindex || cfg.port || cfg.events_per_cpu || (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) ||
+	    !(cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)))
+		return false;
+	return !has_rules;
+}
+
+/*
  * Steps 1 to 5 of the verdict for a packet: 0 = pass, else the enum
  * cgdrop_reason of the drop; JUDGED_FOUND added when a rule decided. The packet is parsed into the level's cgdrop_pkt.
  */
@@ -1248,11 +1262,10 @@ static __always_inline int judge(struct __sk_buff *skb, bool egress, __u32 level
 	struct decision d = { .level = level & (CGDROP_LEVELS - 1) };
 
 	/*
-	 * Everything in scope, nothing to match the packet against (drop-all):
-	 * the verdict needs no parse. With events on, the event reads it.
+	 * Nothing to match the packet against: no parse. (drops_all takes the
+	 * drop-all case ahead of this; here too, the verifier's walk is shorter.)
 	 */
-	if (!cfg.ifindex && !cfg.port && !cfg.events_per_cpu && !(cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) &&
-	    (cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)) && !has_rules)
+	if (nothing_to_match(egress))
 		return unmatched_pass ? 0 : CGDROP_REASON_DEFAULT;
 	/*
 	 * Not the whole struct: what is read is set by the parsing, behind
@@ -1318,16 +1331,25 @@ static __always_inline bool surely_passes(struct __sk_buff *skb, bool egress)
 }
 
 /*
- * Drop-all without events: everything in scope, nothing to match a packet
- * against, no rule, and what no rule matches is dropped. The verdict needs
- * neither the packet nor the scratch (skb_decide decides the same).
+ * What a packet the policy drops gets: dropped (0), unless dry-run (1).
+ * Egress 2 = drop with congestion notification: the kernel reports
+ * NET_XMIT_DROP instead of EPERM, which UDP hides from the sender, so a
+ * silent policy looks like a cut cable rather than a refusal.
+ */
+static __always_inline int drop_verdict(enum cgdrop_direction direction)
+{
+	if (cfg.modes & CGDROP_MODE_DRY_RUN)
+		return 1;
+	return (cfg.modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS ? 2 : 0;
+}
+
+/*
+ * Drop-all without events: the verdict needs neither the packet nor the
+ * scratch (skb_decide would decide the same).
  */
 static __always_inline bool drops_all(bool egress)
 {
-	if (cfg.ifindex || cfg.port || cfg.events_per_cpu || (cfg.modes & CGDROP_MODE_NO_NEW_INBOUND) ||
-	    !(cfg.directions & (egress ? CGDROP_DIR_EGRESS : CGDROP_DIR_INGRESS)))
-		return false;
-	return !has_rules && !unmatched_pass;
+	return nothing_to_match(egress) && !unmatched_pass;
 }
 
 /*
@@ -1353,16 +1375,7 @@ static __always_inline int skb_decide(struct __sk_buff *skb, __u32 slot, enum cg
 				       ((cfg.modes & CGDROP_MODE_DRY_RUN) ? CGDROP_VERDICT_WOULD_DROP : CGDROP_VERDICT_DROPPED)
 					       << 4 |
 				       mp->reason << 8 | level << 16);
-	if (cfg.modes & CGDROP_MODE_DRY_RUN)
-		return 1;
-	/*
-	 * Egress 2 = drop with congestion notification: the kernel reports
-	 * NET_XMIT_DROP instead of EPERM, which UDP hides from the sender, so a
-	 * silent policy looks like a cut cable rather than a refusal.
-	 */
-	if ((cfg.modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS)
-		return 2;
-	return 0;
+	return drop_verdict(direction);
 }
 
 /* The packets a run stands for: a GSO packet stands for gso_segs packets on the wire. */
@@ -1394,9 +1407,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		enter(&k, slot);
 		count_run(&k, skb_segs(skb), skb->len, true, !closing);
 		leave(&k);
-		if (closing || (cfg.modes & CGDROP_MODE_DRY_RUN))
-			return 1;
-		return (cfg.modes & CGDROP_MODE_SILENT) && direction == CGDROP_DIR_EGRESS ? 2 : 0;
+		return closing ? 1 : drop_verdict(direction);
 	}
 	enter(&k, slot);
 	m.level = k.level & (CGDROP_LEVELS - 1);
@@ -1415,7 +1426,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u32 slot, enum c
 		count_hit(m.level, k.shared);
 	leave(&k);
 	/*
-	 * 0 or 1; 2 only from a silent egress (see skb_decide): a range the
+	 * 0 or 1; 2 only from a silent egress (see drop_verdict): a range the
 	 * verifier accepts for any cgroup_skb program without it (bpftool
 	 * loads this object with no attach type, where only 0 and 1 are).
 	 */

@@ -183,12 +183,12 @@ pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &
     let (maps_tx, maps_rx) = std::sync::mpsc::channel::<Vec<(String, i32)>>();
     let (shared_tx, shared_rx) = std::sync::mpsc::channel::<()>();
     let side = OnAnotherThread(side);
-    let aside_hooks = side_hooks.clone();
-    std::thread::scope(|scope| {
+    let aside_hooks = &side_hooks;
+    let (main, side) = std::thread::scope(|scope| {
         let aside = scope.spawn(move || {
             // The wrapper whole (a closure would capture only its field).
             let side = side;
-            OnAnotherThread(load_side(side.0, &aside_hooks, &maps_rx, shared_tx))
+            OnAnotherThread(load_side(side.0, aside_hooks, &maps_rx, shared_tx))
         });
         let main = open_main(policy, main, hooks, &side_hooks).and_then(|mut open| {
             // The maps first (libbpf's prepare step: created, rodata written
@@ -218,10 +218,10 @@ pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &
         });
         // On an error above, the side thread finds the channel closed.
         drop(maps_tx);
-        let side = aside.join().map_err(|_| anyhow!("loading the BPF programs: the loading thread panicked"))?.0;
-        let main = main?;
-        Ok(Loaded { skel: main, side: Some(side?), aside: side_hooks })
-    })
+        (main, aside.join().map(|r| r.0))
+    });
+    let side = side.map_err(|_| anyhow!("loading the BPF programs: the loading thread panicked"))?;
+    Ok(Loaded { skel: main?, side: Some(side?), aside: side_hooks })
 }
 
 /// Opens the first instance of the object, configured for `policy`, with

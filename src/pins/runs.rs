@@ -7,7 +7,7 @@
 use std::{
     fs,
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, OwnedFd},
         unix::fs::{DirBuilderExt, MetadataExt},
     },
     path::{Path, PathBuf},
@@ -21,7 +21,7 @@ use crate::{
     kernel::{config::Info, loader::Hook, skel::CgdropSkel},
     pins::{
         bpffs,
-        pinned::{link_path, write_info},
+        pinned::{link_path, lock_dir, write_info},
     },
 };
 
@@ -34,25 +34,24 @@ const PINNING: &str = "pinning-";
 /// Makes `dir` (and `runs`, if missing: the end of another session may just
 /// have removed it) and locks it. A sweep may remove it between the two: then
 /// again (a sweep holds the lock only while it removes).
-fn make_locked(dir: &Path) -> Result<fs::File> {
+fn make_locked(dir: &Path) -> Result<OwnedFd> {
     let mut last = None;
     for _ in 0..5 {
         if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
             last = Some(anyhow::Error::new(e).context(format!("creating {}", dir.display())));
             continue;
         }
-        let Ok(f) = fs::File::open(dir) else { continue };
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { nix::libc::flock(f.as_raw_fd(), nix::libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
-        }
-        // Still the directory we locked (not removed, or removed and made again).
-        let same = match (fs::metadata(dir), f.metadata()) {
-            (Ok(a), Ok(b)) => a.ino() == b.ino(),
-            _ => false,
+        let fd = match lock_dir(dir) {
+            Ok(fd) => fd,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
         };
-        if same {
-            return Ok(f);
+        // Still the directory we locked (not removed, or removed and made again).
+        let locked = nix::sys::stat::fstat(fd.as_raw_fd()).map(|st| st.st_ino);
+        if fs::metadata(dir).is_ok_and(|m| locked == Ok(m.ino())) {
+            return Ok(fd);
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("{} kept being removed while it was made", dir.display())))
@@ -149,9 +148,7 @@ pub fn remove_stale_pinning() {
         if !e.file_name().to_string_lossy().starts_with(PINNING) {
             continue;
         }
-        let Ok(f) = fs::File::open(e.path()) else { continue };
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { nix::libc::flock(f.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) } == 0 {
+        if let Ok(Some(_lock)) = bpffs::try_lock(&e.path()) {
             // Removed under the lock: its maker, if it comes back to it, sees it gone and makes another.
             let _ = remove(&e.path());
         }
