@@ -173,7 +173,7 @@ pub fn per_packet_cost() -> Result<String> {
             dry_run: false,
         };
         let mut object = loader::Objects::new();
-        let mut skel = loader::load(&policy, &mut object)?;
+        let mut skel = loader::load(&policy, &mut object, true)?;
         loader::apply_rules(&mut skel, &mut Installed::new(), &policy)?;
         for (name, prog) in
             [("cgdrop_egress", Hook::Egress.program(&skel)), ("cgdrop_ingress", Hook::Ingress.program(&skel))]

@@ -60,7 +60,7 @@ fn with_rules(rules: &[(&str, &str)]) -> Policy {
 /// Runs every case through both programs and checks verdicts and counters.
 fn check(policy: &Policy, cases: &[(&str, Vec<u8>, u32)]) {
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(policy, &mut object).expect("load the BPF object");
+    let mut skel = loader::load(policy, &mut object, true).expect("load the BPF object");
     loader::apply_rules(&mut skel, &mut Installed::new(), policy).expect("write the rules");
     run_cases(&skel, cases);
 }
@@ -219,7 +219,7 @@ fn unselected_direction_passes() {
     let egress_only = Policy { ingress: false, ..policy(None, 0) };
     let mut object = loader::Objects::new();
     // The ingress program too (cgdrop itself neither loads nor attaches it for this policy).
-    let skel = loader::load_programs(&egress_only, &mut object, &loader::Hook::ALL).expect("load");
+    let skel = loader::load_programs(&egress_only, &mut object, &loader::Hook::ALL, true).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
         prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
@@ -304,7 +304,7 @@ fn allow_only_and_ipv4_mapped() {
 fn expired_rules_do_not_match() {
     let p = policy(None, 0);
     let mut object = loader::Objects::new();
-    let mut loaded = loader::load(&p, &mut object).expect("load");
+    let mut loaded = loader::load(&p, &mut object, true).expect("load");
     // The skeleton itself: its maps are borrowed one by one below.
     let skel: &mut CgdropSkel<'_> = &mut loaded;
     let rule = |action, t: &str, ttl| Rule { action, target: t.parse::<Target>().unwrap(), ttl };
@@ -381,7 +381,7 @@ fn the_sieve_lets_every_rule_be_seen() {
     // marks its groups before it is written.
     let p = with_rules(&[("deny", "192.0.2.1")]);
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(&p, &mut object).expect("load");
+    let mut skel = loader::load(&p, &mut object, true).expect("load");
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).expect("write the rules");
     let maps = RuleMaps {
         v4: &skel.maps.cgdrop_rules_v4,
@@ -418,7 +418,7 @@ fn host_table_rules_decide_and_change_in_place() {
     let p = Policy { rules, ..policy(None, 0) };
     assert_eq!(cgdrop::kernel::config::host_table_size(&p.rules), 5000);
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(&p, &mut object).expect("load");
+    let mut skel = loader::load(&p, &mut object, true).expect("load");
     let mut installed = Installed::new();
     loader::apply_rules(&mut skel, &mut installed, &p).expect("write the rules");
     let at = |a: &str, port: u16| ipv4_at(a, IPPROTO_UDP, 0, &udp(port, port));
@@ -495,7 +495,7 @@ fn host_table_rules_decide_and_change_in_place() {
 fn dry_run_counts_but_passes() {
     let p = Policy { dry_run: true, ..policy(None, 0) };
     let mut object = loader::Objects::new();
-    let skel = loader::load(&p, &mut object).expect("load");
+    let skel = loader::load(&p, &mut object, true).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
         let out = prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap();
@@ -511,7 +511,7 @@ fn dry_run_counts_but_passes() {
 fn silent_egress_drops_with_congestion_notification() {
     let p = Policy { silent: true, ..policy(None, 0) };
     let mut object = loader::Objects::new();
-    let skel = loader::load(&p, &mut object).expect("load");
+    let skel = loader::load(&p, &mut object, true).expect("load");
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1, 2));
     let run = |prog: &libbpf_rs::ProgramMut<'_>| {
         prog.test_run(ProgramInput { data_in: Some(&packet), ..Default::default() }).unwrap().return_value
@@ -528,7 +528,7 @@ fn addresses_are_read_from_the_right_header_field() {
     // 10.0.0.1 to 192.0.2.1 with 10.0.0.0/8 denied.
     let p = with_rules(&[("deny", "10.0.0.0/8")]);
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(&p, &mut object).expect("load");
+    let mut skel = loader::load(&p, &mut object, true).expect("load");
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).unwrap();
     let mut packet = ipv4_at("10.0.0.1", IPPROTO_UDP, 0, &udp(1, 2));
     let dst: std::net::Ipv4Addr = "192.0.2.1".parse().unwrap();
@@ -595,7 +595,7 @@ fn random_packets_follow_the_policy() {
 
     // A policy that drops everything in scope drops every packet, parsable or not.
     let mut object = loader::Objects::new();
-    let skel = loader::load(&policy(None, 0), &mut object).unwrap();
+    let skel = loader::load(&policy(None, 0), &mut object, true).unwrap();
     for (i, p) in packets.iter().enumerate() {
         for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
             assert_eq!(run(prog, p), DROP, "packet {i}: {p:02x?}");
@@ -610,7 +610,7 @@ fn random_packets_follow_the_policy() {
     // block list passes what no rule can match).
     let p = with_rules(&[("deny", "0.0.0.0/0"), ("deny", "::/0")]);
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(&p, &mut object).unwrap();
+    let mut skel = loader::load(&p, &mut object, true).unwrap();
     loader::apply_rules(&mut skel, &mut Installed::new(), &p).unwrap();
     for (i, packet) in packets.iter().enumerate() {
         let ethertype = u16::from_be_bytes([packet[12], packet[13]]);
@@ -629,7 +629,7 @@ fn random_packets_follow_the_policy() {
     // With a port filter any verdict may be right, but the program must run
     // to a verdict on every packet and count each once.
     let mut object = loader::Objects::new();
-    let skel = loader::load(&policy(Some(53), 0), &mut object).unwrap();
+    let skel = loader::load(&policy(Some(53), 0), &mut object, true).unwrap();
     for p in &packets {
         for prog in [Hook::Ingress.program(&skel), Hook::Egress.program(&skel)] {
             assert!([PASS, DROP].contains(&run(prog, p)));
@@ -661,7 +661,7 @@ fn segment_routing_final_destination_is_judged() {
 /// Like `check`, with a verdict for each program: (name, packet, egress, ingress).
 fn egress_and_ingress(policy: &Policy, cases: &[(&str, Vec<u8>, u32, u32)]) {
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(policy, &mut object).unwrap();
+    let mut skel = loader::load(policy, &mut object, true).unwrap();
     loader::apply_rules(&mut skel, &mut Installed::new(), policy).unwrap();
     for (name, packet, egress, ingress) in cases {
         for (prog, want, which) in
@@ -745,7 +745,7 @@ fn set_depth(skel: &CgdropSkel<'_>, slot: u32, depth: u32) {
 fn runs_count_at_their_nesting_level_and_the_totals_sum_every_level() {
     let policy = policy(None, 0);
     let mut object = loader::Objects::new();
-    let skel = loader::load(&policy, &mut object).expect("load the BPF object");
+    let skel = loader::load(&policy, &mut object, true).expect("load the BPF object");
     let egress = 1; // CGDROP_STAT_EGRESS
     let packet = ipv4(IPPROTO_UDP, 0, &udp(1000, 53));
     let run = |n: u32| {

@@ -102,7 +102,8 @@ pub fn pin_on(policy: &Policy, location: cgroup::Location, replace: bool, origin
     // Changes to one policy are serialised (see `Pinned::lock`).
     let _lock = if existing { Some(lock_dir(&dir)?) } else { None };
     let mut object = loader::Objects::new();
-    let mut skel = loader::load(policy, &mut object)?;
+    // A pinned policy's rules change live (`cgdrop rule`).
+    let mut skel = loader::load(policy, &mut object, true)?;
     let mut installed = Installed::new();
     loader::apply_rules(&mut skel, &mut installed, policy)?;
     let carried = if existing && origin.keep_live_rules { carry_live_rules(&mut skel, &installed, &dir)? } else { 0 };
@@ -239,7 +240,7 @@ pub fn pin_programs_into(policy: &Policy, dir: &Path) -> Result<Vec<Hook>> {
     }
     let mut object = loader::Objects::new();
     // Every program: all of them are pinned, for attaching by hand.
-    let mut skel = loader::load_programs(policy, &mut object, &Hook::ALL)?;
+    let mut skel = loader::load_programs(policy, &mut object, &Hook::ALL, true)?;
     loader::apply_rules(&mut skel, &mut Installed::new(), policy)?;
     let mut tmp = TempDir::create(root.join(format!("new-progs-{}", std::process::id())))?;
     pin_maps(&mut skel, &tmp.path)?;

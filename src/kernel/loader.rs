@@ -68,13 +68,16 @@ pub fn set_verbose(verbose: bool) {
 }
 
 /// Rules whose hits a policy loaded with `rules` rules counts: twice that,
-/// at least 65,536. A hash's buckets are allocated when it is made, so the
-/// most it could need (2,097,152) cost ~30 ms at every start; rules added
-/// beyond it later (`rule add`) are enforced but count no hits (`rule add`
-/// says so).
-pub fn hits_capacity(rules: usize) -> u32 {
+/// and at least 65,536 when its rules can be edited later (a pinned policy:
+/// `rule add`; a rules file: SIGHUP), 64 when they cannot. A hash's buckets
+/// are allocated when it is made: 65,536 of them cost ~0.8 ms at every start
+/// (measured: a start-up's twentieth), the most it could need (2,097,152)
+/// ~30 ms. Rules added beyond it later are enforced but count no hits
+/// (`rule add` says so).
+pub fn hits_capacity(rules: usize, editable: bool) -> u32 {
     let most = 2 * crate::kernel::config::MAX_RULES_PER_FAMILY;
-    rules.saturating_mul(2).clamp(1 << 16, most) as u32
+    let least = if editable { 1 << 16 } else { 64 };
+    rules.saturating_mul(2).clamp(least, most) as u32
 }
 
 /// Where one load's two instances of the BPF object live (see `Loaded`).
@@ -125,8 +128,9 @@ impl<'obj> std::ops::DerefMut for Loaded<'obj> {
 /// Opens the BPF object, configures it for `policy` through rodata and loads
 /// the programs of the hooks the policy attaches to (each program the
 /// verifier does not have to see is 0.1–7 ms less CPU in a start).
-pub fn load<'obj>(policy: &Policy, objects: &'obj mut Objects) -> Result<Loaded<'obj>> {
-    load_programs(policy, objects, &Hook::for_policy(policy))
+/// `editable`: whether its rules may change after the load (see hits_capacity).
+pub fn load<'obj>(policy: &Policy, objects: &'obj mut Objects, editable: bool) -> Result<Loaded<'obj>> {
+    load_programs(policy, objects, &Hook::for_policy(policy), editable)
 }
 
 fn set_autoload(open: &mut OpenCgdropSkel<'_>, hook: Hook, on: bool) {
@@ -170,11 +174,16 @@ struct OnAnotherThread<T>(T);
 unsafe impl<T> Send for OnAnotherThread<T> {}
 
 /// As `load`, with the programs of `hooks` (`pin --programs` pins them all).
-pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &[Hook]) -> Result<Loaded<'obj>> {
+pub fn load_programs<'obj>(
+    policy: &Policy,
+    objects: &'obj mut Objects,
+    hooks: &[Hook],
+    editable: bool,
+) -> Result<Loaded<'obj>> {
     let side_hooks = Hook::aside(hooks);
     let Objects { main, side } = objects;
     if side_hooks.is_empty() {
-        let open = open_main(policy, main, hooks, &side_hooks)?;
+        let open = open_main(policy, main, hooks, &side_hooks, editable)?;
         return Ok(Loaded { skel: open.load().map_err(refused)?, side: None, aside: side_hooks });
     }
     // The second instance is opened (libbpf parses the object again, ~0.7
@@ -196,7 +205,7 @@ pub fn load_programs<'obj>(policy: &Policy, objects: &'obj mut Objects, hooks: &
         // Pinned only now: a thread inherits its maker's mask, and the side
         // thread would wait for this CPU to run its first instruction.
         split.pin_here();
-        let main = open_main(policy, main, hooks, &side_hooks).and_then(|mut open| {
+        let main = open_main(policy, main, hooks, &side_hooks, editable).and_then(|mut open| {
             // The maps first (libbpf's prepare step: created, rodata written
             // and frozen), so that the side instance can share them before
             // either loads.
@@ -297,6 +306,7 @@ fn open_main<'obj>(
     object: &'obj mut MaybeUninit<OpenObject>,
     hooks: &[Hook],
     side_hooks: &[Hook],
+    editable: bool,
 ) -> Result<OpenCgdropSkel<'obj>> {
     let mut open = CgdropSkelBuilder::default().open(object).context("opening the BPF object")?;
     for hook in Hook::ALL {
@@ -306,7 +316,10 @@ fn open_main<'obj>(
     rodata.cfg = Config::of(policy).encode();
     let hosts = rodata.cfg.hosts_v4.max(1);
     open.maps.cgdrop_hosts_v4.set_max_entries(hosts).context("sizing the host table")?;
-    open.maps.cgdrop_hits.set_max_entries(hits_capacity(policy.rules.len())).context("sizing the hits map")?;
+    open.maps
+        .cgdrop_hits
+        .set_max_entries(hits_capacity(policy.rules.len(), editable))
+        .context("sizing the hits map")?;
     if std::env::var_os("CGDROP_SELFTEST_REJECTED_PROGRAM").is_some() {
         // Only to test the error path: a program the verifier refuses.
         open.progs.cgdrop_selftest.set_autoload(true);
@@ -493,10 +506,13 @@ mod tests {
 
     #[test]
     fn hits_are_counted_for_every_rule_a_policy_loads_with() {
-        assert_eq!(hits_capacity(0), 1 << 16);
-        assert_eq!(hits_capacity(100_000), 200_000);
+        assert_eq!(hits_capacity(0, true), 1 << 16);
+        assert_eq!(hits_capacity(100_000, true), 200_000);
+        // Rules that cannot change: room for each of them, twice over.
+        assert_eq!(hits_capacity(0, false), 64);
+        assert_eq!(hits_capacity(1_000, false), 2_000);
         // Both families full: the most the rule tables hold.
-        assert_eq!(hits_capacity(2 << 20), 2 << 20);
-        assert_eq!(hits_capacity(usize::MAX), 2 << 20);
+        assert_eq!(hits_capacity(2 << 20, true), 2 << 20);
+        assert_eq!(hits_capacity(usize::MAX, false), 2 << 20);
     }
 }

@@ -191,14 +191,19 @@ impl<M: MapCore> RuleMaps<'_, M> {
             .with_context(|| format!("adding {} {family} rules to the kernel", batch.count))
     }
 
-    fn sieve(&self) -> Result<Sieve> {
+    fn sieve(&self) -> Result<Sieve<'_>> {
         Sieve::map(self.sieve.as_fd())
     }
 
     /// Whether the sieve lets the programs see every rule of `installed`.
     pub fn sieve_covers(&self, installed: &Installed) -> Result<bool> {
         let sieve = self.sieve()?;
-        Ok(installed.entries.iter().all(|e| sieve.covers(&e.target)))
+        for e in &installed.entries {
+            if !sieve.covers(&e.target)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The size of the host table if it has one and nothing was written to
@@ -226,7 +231,7 @@ impl<M: MapCore> RuleMaps<'_, M> {
 
     /// put() with the host table mapped by the caller (see delete_in).
     fn put_in(&self, table: Option<&HostTable>, e: &Entry) -> Result<()> {
-        self.sieve()?.mark(&e.target);
+        self.sieve()?.mark(&e.target)?;
         if let Some(table) = table {
             if let Some(i) = table.find(&e.target) {
                 if e.expires_ns == 0 {
@@ -361,11 +366,16 @@ impl<M: MapCore> RuleMaps<'_, M> {
         let table = if fresh.is_some() { None } else { self.hosts()? };
         if let Some(capacity) = fresh {
             let hosts = next.entries.iter().filter(|e| is_table_host(&e.target, e.expires_ns)).take(capacity);
+            // The first failure to mark, reported once the table is filled
+            // (and before any rule of it is attached).
+            let mut marked = Ok(());
             HostTable::fill(
                 self.hosts_v4.as_fd(),
                 capacity as u32,
                 hosts.map(|e| {
-                    sieve.mark(&e.target);
+                    if let (Err(err), Ok(())) = (sieve.mark(&e.target), &marked) {
+                        marked = Err(err);
+                    }
                     let addr = match e.target.addr {
                         std::net::IpAddr::V4(a) => a,
                         std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
@@ -373,6 +383,7 @@ impl<M: MapCore> RuleMaps<'_, M> {
                     (addr, action_value(e.action).0, origin_of(e), hit_key_of(&key_of(&e.target).1))
                 }),
             )?;
+            marked?;
         }
         let mut in_table = 0;
         let mut deleted_after = Vec::new();
@@ -385,7 +396,7 @@ impl<M: MapCore> RuleMaps<'_, M> {
                         continue;
                     }
                 }
-                sieve.mark(&e.target);
+                sieve.mark(&e.target)?;
                 // (A fresh table is not mapped: `table` is None then.)
                 if let Some(t) = &table {
                     if let Some(i) = t.find(&e.target) {
