@@ -2,6 +2,7 @@
 //! the preflight checks, the command's process.
 pub mod cgroup;
 mod child;
+pub mod cpus;
 pub mod preempt;
 pub mod preflight;
 pub mod process;

@@ -12,7 +12,7 @@ use libbpf_rs::{
 };
 
 use crate::{
-    host::cgroup::Cgroup,
+    host::{cgroup::Cgroup, cpus},
     kernel::{
         config::Config,
         rulemaps::{self, Installed, RuleMaps},
@@ -193,13 +193,13 @@ pub fn load_programs<'obj>(
     let (shared_tx, shared_rx) = std::sync::mpsc::channel::<()>();
     let side = OnAnotherThread(side);
     let aside_hooks = &side_hooks;
-    let mut split = CpuSplit::new();
+    let mut split = cpus::CpuSplit::for_this_thread();
     let side_cpus = split.side;
     let (main, side) = std::thread::scope(|scope| {
         let aside = scope.spawn(move || {
             // The wrapper whole (a closure would capture only its field).
             let side = side;
-            CpuSplit::enter(&side_cpus);
+            cpus::CpuSplit::enter(&side_cpus);
             OnAnotherThread(load_side(side.0, aside_hooks, &maps_rx, shared_tx))
         });
         // Pinned only now: a thread inherits its maker's mask, and the side
@@ -238,65 +238,6 @@ pub fn load_programs<'obj>(
     drop(split);
     let side = side.map_err(|_| anyhow!("loading the BPF programs: the loading thread panicked"))?;
     Ok(Loaded { skel: main?, side: Some(side?), aside: side_hooks })
-}
-
-/// The two loading threads kept on different CPUs while they load: this
-/// thread on the CPU it runs on, the side thread on the others it may use.
-/// Why: left to the scheduler, one thread was woken onto the other's CPU and
-/// waited there 3–4 ms (until an idle CPU's balancing tick pulled it) while
-/// the other verified; measured with sched_switch, that was the start-up's
-/// imbalance between the CPUs. Best effort: with one usable CPU, or should
-/// an affinity call fail, nothing is pinned. This thread's own mask is given
-/// back when the split is dropped.
-struct CpuSplit {
-    /// This thread's mask before, and the CPU it runs on.
-    mine: Option<(nix::sched::CpuSet, usize)>,
-    /// Set once this thread is pinned: the mask to give back.
-    saved: Option<nix::sched::CpuSet>,
-    side: Option<nix::sched::CpuSet>,
-}
-
-impl CpuSplit {
-    fn new() -> CpuSplit {
-        use nix::{sched, unistd::Pid};
-        let none = CpuSplit { mine: None, saved: None, side: None };
-        let (Ok(allowed), Ok(here)) = (sched::sched_getaffinity(Pid::from_raw(0)), sched::sched_getcpu()) else {
-            return none;
-        };
-        let mut side = allowed;
-        if !allowed.is_set(here).unwrap_or(false) || side.unset(here).is_err() {
-            return none;
-        }
-        if !(0..sched::CpuSet::count()).any(|cpu| side.is_set(cpu).unwrap_or(false)) {
-            return none;
-        }
-        CpuSplit { mine: Some((allowed, here)), saved: None, side: Some(side) }
-    }
-
-    /// Pins this thread to the CPU it ran on when the split was made.
-    fn pin_here(&mut self) {
-        let Some((allowed, here)) = self.mine else { return };
-        let mut one = nix::sched::CpuSet::new();
-        if one.set(here).is_ok() && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).is_ok() {
-            self.saved = Some(allowed);
-        }
-    }
-
-    /// Called on the side thread.
-    fn enter(side: &Option<nix::sched::CpuSet>) {
-        if let Some(cpus) = side {
-            // Best effort: unpinned, the thread still loads.
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus);
-        }
-    }
-}
-
-impl Drop for CpuSplit {
-    fn drop(&mut self) {
-        if let Some(cpus) = &self.saved {
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus);
-        }
-    }
 }
 
 /// Opens the first instance of the object, configured for `policy`, with
