@@ -22,6 +22,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A pause before each timed start, the same for every tool: the kernel
+/// frees the previous tool's programs and maps in the background (RCU,
+/// workqueues) for a few hundred milliseconds, on the CPUs the next start
+/// verifies on. Measured here: a cgdrop start right after bpftool's
+/// teardown and a `run -- true` took 25.1 ms [15.2-34.8], the same 0.3 s
+/// later 15.9 ms [12.1-17.7] (12 rounds, interleaved).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// bpftool loading the same object and attaching its seven programs.
 fn bpftool_attach(cg: &BenchCgroup) -> Result<Duration> {
     let obj = find_object()?;
@@ -120,20 +130,26 @@ pub fn startup() -> Result<String> {
     let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     let nft_script = NftTable::script(&cg, &["ip daddr 192.0.2.1 drop"], &["ip saddr 192.0.2.1 drop"]);
     for _ in 0..STARTUP_RUNS {
+        settle();
         let (proc, took) = cgdrop_attached(&cg, &["--block", "192.0.2.1"])?;
         drop(proc);
         samples[0].push(ms(took));
+        settle();
         let (table, took) = NftTable::load(&nft_script)?;
         drop(table);
         samples[1].push(ms(took));
+        settle();
         samples[2].push(ms(bpftool_attach(&cg)?));
+        settle();
         samples[3].push(ms(run_true()?));
     }
     let [cgdrop, nft, bpftool, run] = samples.map(|s| Summary::of(&s));
     let mut table = Table::new(
         "Start-up: exec → attached",
         &format!(
-            "{STARTUP_RUNS} runs. cgdrop: from spawning `cgdrop --cgroup … --block 192.0.2.1` to its \"attached\" line \
+            "{STARTUP_RUNS} runs, each after a 0.5 s pause (the kernel frees the previous tool's programs \
+             and maps in the background; right after bpftool's teardown a cgdrop start measured ~10 ms more). \
+             cgdrop: from spawning `cgdrop --cgroup … --block 192.0.2.1` to its \"attached\" line \
              (load, rules, seven links). nftables: `nft -f` of the equivalent table (output and input rules). \
              bpftool: `bpftool prog loadall` of the same object plus seven `bpftool cgroup attach`. \
              `run -- true`: `cgdrop run --block 192.0.2.1 -- true` end to end (cgroup made, policy attached, \
