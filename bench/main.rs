@@ -106,9 +106,10 @@ fn main() {
         env::cpus(),
         env::cpu_model()
     );
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("per-packet cost", prog::per_packet_cost),
         ("throughput", net::throughput),
+        ("pass cpu", net::pass_cpu),
         ("drop path", net::drop_path),
         ("rejection latency", net::rejection_latency),
         ("start-up", startup::startup),

@@ -112,10 +112,11 @@ fn against_floor(floor: &ProgramMut<'_>, prog: &ProgramMut<'_>, packet: &[u8]) -
     Ok((Summary::of(&ns), Summary::of(&ratios)))
 }
 
-fn load_floor<'obj>(object: &'obj mut MaybeUninit<OpenObject>) -> Result<CgdropSkel<'obj>> {
+pub fn load_floor<'obj>(object: &'obj mut MaybeUninit<OpenObject>) -> Result<CgdropSkel<'obj>> {
     let mut open = CgdropSkelBuilder::default().open(object)?;
     open.progs.cgdrop_floor.set_autoload(true);
     open.progs.cgdrop_floor_lookup.set_autoload(true);
+    open.progs.cgdrop_floor_sendmsg4.set_autoload(true);
     Ok(open.load()?)
 }
 

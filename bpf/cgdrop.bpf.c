@@ -1802,6 +1802,16 @@ int cgdrop_floor(struct __sk_buff *skb)
 }
 
 /*
+ * The floor of a sendmsg4 hook, for the benchmarks' pass-path CPU: what any
+ * program there costs a sender (with cgdrop_floor on egress).
+ */
+SEC("?cgroup/sendmsg4")
+int cgdrop_floor_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return 1;
+}
+
+/*
  * The floor plus one rule lookup (an LPM trie lookup of 127.0.0.1, the
  * benchmarks' address, in the loaded object's trie): what a policy with rules
  * pays at least per packet, for the benchmarks' "where the time goes".
