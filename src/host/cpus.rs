@@ -119,7 +119,14 @@ mod tests {
         }
         // A thread made beside this one may use every CPU this one may but
         // the one this one ran on (never more: a `taskset` is kept).
-        let (theirs, ran_on) = spawn_beside(|| (cpus(&mask()), sched::sched_getcpu().unwrap())).join().unwrap();
+        // (It looks once pinned: made, it may run before spawn_beside pins it.)
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let beside = spawn_beside(move || {
+            wait.recv().unwrap();
+            (cpus(&mask()), sched::sched_getcpu().unwrap())
+        });
+        go.send(()).unwrap();
+        let (theirs, ran_on) = beside.join().unwrap();
         assert_eq!(theirs.len(), all.len() - 1, "{theirs:?} of {all:?}");
         assert!(theirs.iter().all(|c| all.contains(c)) && theirs.contains(&ran_on));
 
