@@ -9,7 +9,13 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 dir=$(mktemp -d)
 python3 -m http.server "$port" --bind 127.0.0.1 --directory "$dir" >/dev/null 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
+# `cgdrop run` makes cgdrop's bpffs directory for its pins (and leaves it, empty:
+# cgdrop never removes it while another cgdrop could be pinning into it); the
+# demo removes it if it made it, as `make test` does (rmdir keeps one with pins).
+pins=/sys/fs/bpf/cgdrop
+pins_before=$([ -e "$pins" ] && echo yes || echo no)
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$dir"
+      [ "$pins_before" = no ] && rmdir "$pins" 2>/dev/null; true' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 
 url="http://127.0.0.1:$port/"
