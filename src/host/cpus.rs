@@ -7,45 +7,49 @@ use nix::{
     unistd::Pid,
 };
 
+/// Where this thread may run: its mask, the CPU it runs on, and the rest of
+/// its mask (None: no other CPU, or a call failed).
+struct Here {
+    allowed: CpuSet,
+    cpu: usize,
+    others: CpuSet,
+}
+
+fn here() -> Option<Here> {
+    let allowed = sched::sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let cpu = sched::sched_getcpu().ok()?;
+    let mut others = allowed;
+    if !allowed.is_set(cpu).ok()? || others.unset(cpu).is_err() {
+        return None;
+    }
+    (0..CpuSet::count()).any(|c| others.is_set(c).unwrap_or(false)).then_some(Here { allowed, cpu, others })
+}
+
 /// The two loading threads kept on different CPUs while they load: this
-/// thread on the CPU it runs on, the side thread on the others it may use.
-/// Why: left to the scheduler, one thread was woken onto the other's CPU and
-/// waited there 3–4 ms (until an idle CPU's balancing tick pulled it) while
-/// the other verified; measured with sched_switch, that was the start-up's
-/// imbalance between the CPUs. Best effort: with one usable CPU, or should
-/// an affinity call fail, nothing is pinned. This thread's own mask is given
-/// back when the split is dropped.
+/// thread on the CPU it runs on (pin_here), the side thread on the others it
+/// may use (enter, on that thread). Best effort: with one usable CPU, or
+/// should an affinity call fail, nothing is pinned. This thread's mask is
+/// given back when the split is dropped.
 pub struct CpuSplit {
-    /// This thread's mask before, and the CPU it runs on.
-    mine: Option<(CpuSet, usize)>,
+    here: Option<Here>,
     /// Set once this thread is pinned: the mask to give back.
     saved: Option<CpuSet>,
     pub side: Option<CpuSet>,
 }
 
 impl CpuSplit {
-    /// The split for this thread and one beside it (pinned by pin_here and enter).
     pub fn for_this_thread() -> CpuSplit {
-        let none = CpuSplit { mine: None, saved: None, side: None };
-        let (Ok(allowed), Ok(here)) = (sched::sched_getaffinity(Pid::from_raw(0)), sched::sched_getcpu()) else {
-            return none;
-        };
-        let mut side = allowed;
-        if !allowed.is_set(here).unwrap_or(false) || side.unset(here).is_err() {
-            return none;
-        }
-        if !(0..sched::CpuSet::count()).any(|cpu| side.is_set(cpu).unwrap_or(false)) {
-            return none;
-        }
-        CpuSplit { mine: Some((allowed, here)), saved: None, side: Some(side) }
+        let here = here();
+        let side = here.as_ref().map(|h| h.others);
+        CpuSplit { here, saved: None, side }
     }
 
     /// Pins this thread to the CPU it ran on when the split was made.
     pub fn pin_here(&mut self) {
-        let Some((allowed, here)) = self.mine else { return };
+        let Some(here) = &self.here else { return };
         let mut one = CpuSet::new();
-        if one.set(here).is_ok() && sched::sched_setaffinity(Pid::from_raw(0), &one).is_ok() {
-            self.saved = Some(allowed);
+        if one.set(here.cpu).is_ok() && sched::sched_setaffinity(Pid::from_raw(0), &one).is_ok() {
+            self.saved = Some(here.allowed);
         }
     }
 
@@ -66,21 +70,12 @@ impl Drop for CpuSplit {
     }
 }
 
-/// The CPUs this thread may use but the one it runs on (None: no other).
-fn others() -> Option<CpuSet> {
-    let allowed = sched::sched_getaffinity(Pid::from_raw(0)).ok()?;
-    let here = sched::sched_getcpu().ok()?;
-    let mut others = allowed;
-    others.unset(here).ok()?;
-    (0..CpuSet::count()).any(|cpu| others.is_set(cpu).unwrap_or(false)).then_some(others)
-}
-
 /// Runs `f` on a thread kept off this thread's CPU, so that the two run at
 /// once (for short work beside this thread's: made on this CPU, a new thread
 /// waited until this one blocked). Unpinned where there is no other CPU.
 pub fn spawn_beside<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     use std::os::unix::thread::JoinHandleExt;
-    let others = others();
+    let others = here().map(|h| h.others);
     let handle = std::thread::spawn(f);
     if let Some(cpus) = others {
         // SAFETY: a thread's handle, not yet joined (so not yet reaped);

@@ -108,6 +108,11 @@ impl<'fd> Sieve<'fd> {
         WORDS * 8
     }
 
+    /// The bytes of page `page` that are the map's (the last page has fewer).
+    fn page_len(&self, page: usize) -> usize {
+        (self.page_words * 8).min(Self::whole_len() - page * self.page_words * 8)
+    }
+
     fn word(&self, i: usize) -> Result<&AtomicU64> {
         assert!(i < WORDS, "sieve word {i} out of {WORDS}");
         if let Some(all) = self.whole.get() {
@@ -119,8 +124,7 @@ impl<'fd> Sieve<'fd> {
         let base = match pages.iter().find(|(p, _)| *p == page) {
             Some(&(_, base)) => base,
             None if pages.len() < PAGES_ALONE => {
-                let offset = page * self.page_words * 8;
-                let base = self.mmap_at(offset, (self.page_words * 8).min(Self::whole_len() - offset))?;
+                let base = self.mmap_at(page * self.page_words * 8, self.page_len(page))?;
                 pages.push((page, base));
                 base
             }
@@ -172,11 +176,9 @@ impl<'fd> Sieve<'fd> {
 
 impl Drop for Sieve<'_> {
     fn drop(&mut self) {
-        let page_len = self.page_words * 8;
-        for &(page, base) in self.pages.get_mut().iter() {
-            let len = page_len.min(Self::whole_len() - page * page_len);
+        for &(page, base) in self.pages.borrow().iter() {
             // SAFETY: a mapping made in word(), of this length, unmapped once.
-            let _ = unsafe { munmap(base.cast(), len) };
+            let _ = unsafe { munmap(base.cast(), self.page_len(page)) };
         }
         if let Some(all) = self.whole.get() {
             // SAFETY: the whole mapping made in word(), unmapped once.
